@@ -1,0 +1,46 @@
+# Every target works on a fresh clone: `make install` is idempotent and re-runs only
+# when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# checkov pins packaging<24 while pytest 9 needs >=24: it lives in a venv of its own.
+CHECKOV_VENV := .tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+.PHONY: install tools test lint format bench demo reliability clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	touch $@
+
+tools: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2,<4'
+	touch $@
+
+test: install tools
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m trainer.bench input
+
+demo: install
+	$(BIN)/python -m trainer.demo
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,72 @@
+"""Errors the trainer reports to its user, each mapped to a documented exit code.
+
+The CLI catches `TrainerError`, prints its message as one line (no traceback) and exits
+with `exit_code`. The Kubernetes manifests' `podFailurePolicy` keys off these codes, so
+they are part of the public contract: change them only together with `k8s/` and the README.
+
+    try:
+        ...
+    except TrainerError as e:
+        logger.error("%s", e)
+        sys.exit(e.exit_code)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    CRASH = 1  # anything unexpected: a bug, reported with its traceback
+    BAD_INPUT = 2  # bad configuration or input data: retrying will not help
+    QUALITY_GATE = 3  # trained, but below --min-val-accuracy
+    NO_GPU = 4  # fewer GPUs visible than --expect-gpus
+    STORAGE_UNAVAILABLE = 5  # object store failed past the retry deadline: retry later
+    TERMINATED = 143  # SIGTERM: checkpoint written, the run resumes when restarted
+
+
+class TrainerError(Exception):
+    """Base class: an error with a one-line message meant for the user."""
+
+    exit_code: ExitCode = ExitCode.CRASH
+
+
+class ConfigError(TrainerError):
+    """A flag, environment variable or config-file key is missing or invalid."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class DataError(TrainerError):
+    """The dataset cannot be used: nothing found, one class, a bad manifest line, a bad image."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class StorageNotFoundError(DataError):
+    """A bucket, prefix or object does not exist."""
+
+
+class StoragePermissionError(DataError):
+    """The credentials in use may not read or write the object."""
+
+
+class StorageUnavailableError(TrainerError):
+    """The object store kept failing with transient errors past the retry deadline."""
+
+    exit_code = ExitCode.STORAGE_UNAVAILABLE
+
+
+class QualityGateError(TrainerError):
+    exit_code = ExitCode.QUALITY_GATE
+
+
+class GpuMissingError(TrainerError):
+    exit_code = ExitCode.NO_GPU
+
+
+class TerminatedError(TrainerError):
+    """SIGTERM was received; a checkpoint was written and the job can be restarted."""
+
+    exit_code = ExitCode.TERMINATED
