@@ -1,0 +1,92 @@
+"""The `trainer` command: `trainer train [options]` runs a training job, `trainer version`.
+
+    python -m trainer train --data gs://bucket/images --output gs://bucket/runs/1 --epochs 3
+    python -m trainer train --help        # every option with its TRAINER_* variable
+    python -m trainer version
+
+Exit codes are those of trainer.errors.ExitCode: a TrainerError prints `error: <message>` as
+one line on stderr and exits with its code; a usage error exits 2; Ctrl-C exits 130; anything
+else logs its traceback and exits 1. TensorFlow is imported only after the configuration
+passed validation, so configuration mistakes are reported within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from trainer import config as config_module
+from trainer.errors import ExitCode, TrainerError
+from trainer.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 130  # the shell convention for SIGINT: 128 + 2
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("streamtrain")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = config_module.ArgumentParser(
+        prog="trainer",
+        description="Train Keras image classifiers on images streamed from object storage.",
+        epilog="Run `trainer train --help` for every training option.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train = commands.add_parser(
+        "train", help="run a training job", **config_module.TRAIN_PARSER_OPTIONS
+    )
+    verbosity = train.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="count", default=0, help="debug logs; -vv includes libraries"
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only"
+    )
+    config_module.add_arguments(train)
+    commands.add_parser("version", help="print the trainer's version", allow_abbrev=False)
+    return parser
+
+
+def _train(namespace: argparse.Namespace) -> int:
+    setup_logging(-1 if namespace.quiet else namespace.verbose)
+    cfg = config_module.config_from_namespace(namespace, env=os.environ)
+    # Imported here, after validation: it pulls in TensorFlow, which takes seconds.
+    from trainer.train_loop import run
+
+    return int(run(cfg))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            namespace = make_parser().parse_args(args)
+        except SystemExit as e:  # --help / --version printed their text
+            return e.code if isinstance(e.code, int) else ExitCode.OK
+        if namespace.command == "version":
+            sys.stdout.write(f"streamtrain {_version()}\n")
+            return ExitCode.OK
+        return _train(namespace)
+    except TrainerError as e:
+        # One line, no traceback: the message says what to fix.
+        message = " ".join(str(e).split()) or type(e).__name__
+        sys.stderr.write(f"error: {message}\n")
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception:
+        logger.exception("the trainer crashed; this is a bug, please report it with this log")
+        return int(ExitCode.CRASH)
