@@ -1,0 +1,169 @@
+"""Shared fixtures: a real GCS emulator, buckets on it, and a fault-injecting proxy in front.
+
+Fixtures:
+  gcs_emulator      (session) base URL "http://127.0.0.1:PORT" of a gcp-storage-emulator
+                    subprocess (in-memory); does NOT set STORAGE_EMULATOR_HOST.
+  gcs_env           sets STORAGE_EMULATOR_HOST to the emulator for this test (monkeypatch);
+                    yields the URL. Code under test creating a Storage/Client afterwards uses it.
+  gcs_admin         a google.cloud.storage.Client bound to the emulator directly (for setup and
+                    checks; not through any proxy).
+  gcs_bucket        a fresh, uniquely named bucket on the emulator (implies gcs_env); yields the
+                    bucket name.
+  gcs_upload_tree   callable (local_dir, "gs://bucket/prefix") -> list of uploaded URIs; puts a
+                    local folder tree under a prefix with the admin client.
+  fault_proxy       factory: fault_proxy(**FaultProxy options, set_env=False) starts a FaultProxy
+                    in front of the emulator and closes it after the test; with set_env=True it
+                    also points STORAGE_EMULATOR_HOST at the proxy.
+
+    def test_read(gcs_bucket, gcs_upload_tree, fault_proxy, tmp_path):
+        gcs_upload_tree(str(tmp_path), f"gs://{gcs_bucket}/data")
+        proxy = fault_proxy(status_503=0.3, only_paths="alt=media", seed=0, set_env=True)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from trainer.httpproxy import FaultProxy
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _emulator_command() -> str:
+    # The console script sits next to the interpreter running the tests (.venv/bin).
+    beside = Path(sys.executable).parent / "gcp-storage-emulator"
+    found = str(beside) if beside.exists() else shutil.which("gcp-storage-emulator")
+    if not found:
+        pytest.fail("gcp-storage-emulator is not installed: pip install -e '.[dev]'")
+    return found
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start gcp-storage-emulator on a free port; yield its base URL; stop it at the end."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
+    env = {k: v for k, v in os.environ.items() if k != EMULATOR_ENV}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                _emulator_command(),
+                "start",
+                "--host=127.0.0.1",
+                f"--port={port}",
+                "--in-memory",
+                "--quiet",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gcp-storage-emulator exited with {proc.returncode}: see {log_path}")
+            try:
+                if requests.get(url, timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"gcp-storage-emulator did not answer on {url} in 30 s: {log_path}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def gcs_env(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point STORAGE_EMULATOR_HOST at the emulator for this test only."""
+    monkeypatch.setenv(EMULATOR_ENV, gcs_emulator)
+    return gcs_emulator
+
+
+@pytest.fixture
+def gcs_admin(gcs_emulator: str) -> Iterator[Any]:
+    """A google-cloud-storage client talking to the emulator directly (never via a proxy)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project="streamtrain-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs_emulator},
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_env: str, gcs_admin: Any) -> str:
+    """A new bucket with a unique name on the emulator; yields its name."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    gcs_admin.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def gcs_upload_tree(gcs_admin: Any) -> Callable[[str, str], list[str]]:
+    """Return upload(local_dir, "gs://bucket/prefix") → sorted URIs of the uploaded objects."""
+
+    def upload(local_dir: str, uri: str) -> list[str]:
+        bucket_name, _, prefix = uri.removeprefix("gs://").partition("/")
+        bucket = gcs_admin.bucket(bucket_name)
+        root = Path(local_dir)
+        uris = []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            key = "/".join(
+                part for part in (prefix.strip("/"), path.relative_to(root).as_posix()) if part
+            )
+            bucket.blob(key).upload_from_filename(str(path))
+            uris.append(f"gs://{bucket_name}/{key}")
+        return uris
+
+    return upload
+
+
+@pytest.fixture
+def fault_proxy(
+    gcs_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., FaultProxy]]:
+    """Factory for FaultProxy instances in front of the emulator, closed after the test."""
+    proxies: list[FaultProxy] = []
+
+    def start(*, set_env: bool = False, upstreams: list[str] | None = None, **options: Any):
+        proxy = FaultProxy(upstreams=upstreams or [gcs_emulator], **options).start()
+        proxies.append(proxy)
+        if set_env:
+            monkeypatch.setenv(EMULATOR_ENV, proxy.url)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
