@@ -1,0 +1,297 @@
+"""`ImageSequence`: a Keras `PyDataset` that streams labelled images from object storage.
+
+It replaces the article's `Sequence` that loads one file at a time: a thread pool fetches and
+decodes a bounded number of batches ahead of the consumer, so one Python thread feeding the
+accelerator rarely waits; Keras's own `workers` are not needed.
+
+    index = discover("gs://bucket/flowers", storage=storage)
+    train, val = index.split(val_split=0.2, seed=0)
+    seq = ImageSequence(train, batch_size=64, image_size=(224, 224), storage=storage,
+                        replica_multiple=strategy.num_replicas_in_sync)
+    model.fit(seq, epochs=10, shuffle=False)   # the Sequence shuffles itself, per epoch
+
+Batches are `(x, y)`: `x` uint8 (or float32 in [0, 1]) of shape `(n, H, W, 3)` and `y` int32
+class ids. Order, sharding and the remainder policy come from `sampling.BatchPlan`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from trainer.cache import ByteCache
+from trainer.counters import Counters
+from trainer.dataset import DatasetIndex
+from trainer.decode import ImageDecodeError, decode_image
+from trainer.errors import DataError, StorageNotFoundError
+from trainer.sampling import BatchPlan
+from trainer.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+CORRUPT_POLICIES = ("skip", "fail")
+DTYPES = ("uint8", "float32")
+# A batch made only of unreadable objects after this many draws means the data is broken.
+_MAX_REPLACEMENT_ATTEMPTS = 16
+
+
+class ImageSequence(keras.utils.PyDataset):
+    """Labelled image batches, prefetched by a thread pool; see the module docstring."""
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        *,
+        batch_size: int,
+        image_size: tuple[int, int],
+        storage: Storage | None = None,
+        dtype: str = "uint8",
+        replica_multiple: int = 1,
+        remainder: str = "pad",
+        seed: int = 0,
+        shuffle: bool = True,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        on_corrupt: str = "skip",
+        fetch_threads: int = 32,
+        prefetch_batches: int = 4,
+        cache: ByteCache | None = None,
+        counters: Counters | None = None,
+        quarantine_uri: str | None = None,
+        max_pixels: int = 89_478_485,
+        epoch: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if on_corrupt not in CORRUPT_POLICIES:
+            raise ValueError(f"on_corrupt must be one of {CORRUPT_POLICIES}, got {on_corrupt!r}")
+        self.index = index
+        self.image_size = tuple(image_size)
+        self.dtype = dtype
+        self.on_corrupt = on_corrupt
+        self.plan = BatchPlan(
+            num_samples=len(index),
+            batch_size=batch_size,
+            replica_multiple=replica_multiple,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            seed=seed,
+            remainder=remainder,
+            shuffle=shuffle,
+        )
+        self.storage = storage if storage is not None else Storage(concurrency=fetch_threads)
+        self.cache = cache
+        self.counters = counters if counters is not None else Counters()
+        self.quarantine_uri = quarantine_uri
+        self.max_pixels = max_pixels
+        self.epoch = epoch
+        self.fetch_threads = fetch_threads
+        self.prefetch_batches = prefetch_batches
+        self._labels = np.asarray(index.labels, dtype=np.int32)
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[int, int], _BatchFuture] = {}
+        self._report_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._quarantine: dict[str, dict[str, str]] = {}
+        plan = self.plan
+        if plan.padded:
+            logger.info(
+                "shard %d/%d: %d objects in %d batches; remainder 'pad' repeats %d "
+                "samples per epoch",
+                shard_index,
+                shard_count,
+                len(plan.members),
+                len(plan),
+                plan.padded,
+            )
+        if plan.dropped:
+            logger.info(
+                "shard %d/%d: %d objects in %d batches; remainder 'drop' leaves out %d "
+                "samples per epoch (different ones each epoch)",
+                shard_index,
+                shard_count,
+                len(plan.members),
+                len(plan),
+                plan.dropped,
+            )
+
+    # --- PyDataset protocol -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range [0, {len(self)})")
+        return self.get_batch(epoch=self.epoch, index=index)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def get_batch(self, *, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch `index` of `epoch`; schedules the following batches on the pool."""
+        started = time.perf_counter()
+        with self._lock:
+            self._drop_stale(epoch, index)
+            future = self._pending.pop((epoch, index), None) or self._submit(epoch, index)
+            for ahead in range(1, self.prefetch_batches + 1):
+                key = self._advance(epoch, index, ahead)
+                if key not in self._pending:
+                    self._pending[key] = self._submit(*key)
+        batch = future.result()
+        self.counters.add("wait_seconds", time.perf_counter() - started)
+        return batch
+
+    def iter_epoch(self, epoch: int, *, start: int = 0):
+        """Yields the batches of `epoch` from batch `start` on: the resumable path."""
+        for i in range(start, len(self)):
+            yield self.get_batch(epoch=epoch, index=i)
+
+    def positions(self, *, epoch: int, index: int) -> np.ndarray:
+        """The dataset positions batch `index` of `epoch` was planned to hold (before skips)."""
+        return self.plan.batch(epoch=epoch, index=index)
+
+    @property
+    def quarantined(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self._quarantine.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ImageSequence:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _advance(self, epoch: int, index: int, ahead: int) -> tuple[int, int]:
+        # Look-ahead runs across the epoch boundary, so epoch e+1 starts warm.
+        epoch += (index + ahead) // len(self)
+        return epoch, (index + ahead) % len(self)
+
+    def _drop_stale(self, epoch: int, index: int) -> None:
+        horizon = {self._advance(epoch, index, a) for a in range(self.prefetch_batches + 1)}
+        for key in [k for k in self._pending if k not in horizon]:
+            self._pending.pop(key).cancel()
+
+    def _submit(self, epoch: int, index: int) -> _BatchFuture:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.fetch_threads, thread_name_prefix="image-fetch"
+            )
+        positions = self.plan.batch(epoch=epoch, index=index)
+        start, _ = self.plan.batch_bounds(index)
+        x = np.empty((len(positions), *self.image_size, 3), dtype=self.dtype)
+        y = self._labels[positions].copy()
+        loads = [
+            self._pool.submit(self._load_into, x, y, slot, int(pos), epoch, start + slot)
+            for slot, pos in enumerate(positions)
+        ]
+        return _BatchFuture(loads, x, y)
+
+    def _load_into(
+        self, x: np.ndarray, y: np.ndarray, slot: int, position: int, epoch: int, epoch_slot: int
+    ) -> None:
+        for attempt in range(_MAX_REPLACEMENT_ATTEMPTS):
+            uri = self.index.uris[position]
+            if uri not in self._quarantine:
+                try:
+                    x[slot] = self._decode(self._fetch(uri))
+                    y[slot] = self._labels[position]
+                    return
+                except (ImageDecodeError, StorageNotFoundError) as e:
+                    if self.on_corrupt == "fail":
+                        raise DataError(
+                            f"{uri}: unreadable image ({e}); fix or remove it, or "
+                            "use --on-corrupt skip to quarantine it"
+                        ) from None
+                    self._quarantine_object(uri, e)
+            position = self.plan.replacement(epoch=epoch, slot=epoch_slot, attempt=attempt)
+        raise DataError(
+            f"{_MAX_REPLACEMENT_ATTEMPTS} unreadable images in a row around "
+            f"{self.index.uris[position]}; see the quarantine report"
+        )
+
+    def _fetch(self, uri: str) -> bytes:
+        if self.cache is not None:
+            data = self.cache.get(uri)
+            if data is not None:
+                self.counters.add("cache_hits")
+                return data
+            self.counters.add("cache_misses")
+        data = self.storage.read(uri)
+        if self.cache is not None:
+            self.cache.put(uri, data)
+        return data
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return decode_image(
+                data, size=self.image_size, dtype=self.dtype, max_pixels=self.max_pixels
+            )
+        finally:
+            self.counters.add("decode_seconds", time.perf_counter() - started)
+
+    def _quarantine_object(self, uri: str, error: Exception) -> None:
+        reason = getattr(error, "reason", "not_found")
+        # One lock around update and write: reports are rewritten whole, never out of order.
+        with self._report_lock:
+            with self._lock:
+                if uri in self._quarantine:
+                    return
+                self._quarantine[uri] = {"uri": uri, "reason": reason, "message": str(error)}
+                report = "".join(json.dumps(r) + "\n" for r in self._quarantine.values())
+            self.counters.add("skipped")
+            logger.warning(
+                "skipping %s (%s); a replacement from the same shard takes its place", uri, reason
+            )
+            if self.quarantine_uri:
+                self.storage.write(self.quarantine_uri, report.encode())
+
+
+class _BatchFuture:
+    """The loads of one batch; `result()` waits for all and re-raises the first error."""
+
+    def __init__(
+        self, loads: list[concurrent.futures.Future], x: np.ndarray, y: np.ndarray
+    ) -> None:
+        self._loads, self._x, self._y = loads, x, y
+
+    def cancel(self) -> None:
+        for load in self._loads:
+            load.cancel()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        for load in self._loads:
+            load.result()
+        return self._x, self._y
