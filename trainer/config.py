@@ -784,13 +784,25 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is a one-line ConfigError instead of a usage block."""
 
     def error(self, message: str) -> typing.NoReturn:
-        hint = ""
-        if message.startswith("unrecognized arguments:"):
-            flags = [a for a in self._option_string_actions if a.startswith("--")]
-            words = message.split(":", 1)[1].split()
-            if words:
-                hint = _suggest(words[0].split("=", 1)[0], flags)
-        raise ConfigError(f"{message}{hint} (see {self.prog} --help)")
+        prog, hint = self.prog, ""
+        words = message.split(":", 1)[1].split() if ":" in message else []
+        if message.startswith("unrecognized arguments:") and words:
+            # The top-level parser reports a subcommand's leftovers: search every parser.
+            word = words[0].split("=", 1)[0]
+            for parser in self._parsers():
+                flags = [a for a in parser._option_string_actions if a.startswith("--")]
+                if found := _suggest(word, flags):
+                    prog, hint = parser.prog, found
+                    break
+        raise ConfigError(f"{message}{hint} (see {prog} --help)")
+
+    def _parsers(self) -> typing.Iterator[argparse.ArgumentParser]:
+        """This parser, then its subcommands' parsers (depth first)."""
+        yield self
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from sub._parsers() if isinstance(sub, ArgumentParser) else (sub,)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -894,6 +906,8 @@ def config_from_namespace(namespace: argparse.Namespace, *, env: Mapping[str, st
     config = TrainConfig(**values)
     labels = {name: label for name, (_, label, _) in chosen.items()}
     _check_local_paths(config, labels)
+    if config.cache_dir and config.cache_size_mb == 0:
+        logger.info("--cache-dir is set but --cache-size-mb is 0, so the image cache is off")
     for f in FIELDS:
         source = chosen[f.name][2] if f.name in chosen else "default"
         logger.debug("config %s=%s (%s)", f.name, _format_value(getattr(config, f.name)), source)
