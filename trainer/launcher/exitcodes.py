@@ -1,0 +1,58 @@
+"""The launcher's exit codes: the trainer's own where its pod reported one, then the launcher's.
+
+    raise LaunchError("Job streamtrain-x: 409 AlreadyExists ...", LaunchExit.CONFLICT)
+
+The trainer's codes (trainer.errors.ExitCode) pass through unchanged; the launcher's start
+at 10 so that a CI step can tell "the training failed" from "the submission failed".
+"""
+
+from __future__ import annotations
+
+import enum
+
+from trainer.errors import ExitCode
+
+
+class LaunchExit(enum.IntEnum):
+    OK = ExitCode.OK
+    BAD_INPUT = ExitCode.BAD_INPUT  # a launcher flag, or the trainer's configuration or data
+    QUALITY_GATE = ExitCode.QUALITY_GATE
+    NO_GPU = ExitCode.NO_GPU
+    STORAGE_UNAVAILABLE = ExitCode.STORAGE_UNAVAILABLE
+    JOB_FAILED = 10  # the Job ran out of retries (BackoffLimitExceeded) or failed otherwise
+    JOB_DEADLINE = 11  # the Job ran past activeDeadlineSeconds (DeadlineExceeded)
+    TIMEOUT = 12  # --timeout reached while waiting; the Job is left running
+    API_DENIED = 13  # 401 Unauthorized or 403 Forbidden from the API server
+    API_UNREACHABLE = 14  # no API server at the address, or no usable kubeconfig
+    CONFLICT = 15  # 409: an object with that name exists
+    INVALID = 16  # 422: the API server rejected the manifest
+    JOB_DELETED = 17  # the Job was deleted while the launcher followed it
+    API_ERROR = 18  # any other API server error (5xx, unexpected status)
+
+
+# Shown by --help and in docs/operations.md.
+EXIT_CODE_HELP = """\
+exit codes:
+  0   the Job completed
+  2   bad launcher input, or the trainer rejected its configuration or data
+  3   the trainer's quality gate failed
+  4   the trainer saw fewer GPUs than requested
+  5   the object store stayed unavailable through the last retry
+  10  the Job failed: out of retries (BackoffLimitExceeded) or another failure
+  11  the Job ran past its activeDeadlineSeconds (DeadlineExceeded)
+  12  --timeout reached while waiting (the Job keeps running); the reason is printed
+  13  the API server refused the credentials (401) or the action (403)
+  14  the API server is unreachable, or no kubeconfig / in-cluster config is usable
+  15  an object with the Job's name already exists (409)
+  16  the API server rejected the manifest as invalid (422)
+  17  the Job was deleted while the launcher followed it
+  18  any other API server error
+"""
+
+
+class LaunchError(Exception):
+    """An error with a one-line message for the user and the exit code it maps to."""
+
+    def __init__(self, message: str, exit_code: LaunchExit) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,356 @@
+"""Follow a submitted Job with the watch API until it completes or fails.
+
+`kubectl wait` cannot wait for "Complete or Failed" (kubernetes/kubectl#1629); this can, and
+it also streams every pod's log as the pod starts (prefixed by its worker index), says why
+pods are Pending, and on failure prints the pods' events and termination messages.
+
+    code = follow_job(api, namespace="streamtrain", name="streamtrain-abc-x7k2p",
+                      timeout_s=6 * 3600, out=sys.stdout)
+
+Two watcher threads (the Job, its pods) feed one queue; the caller's thread owns all state.
+A watch that expires (410 Gone) is resumed by listing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+from trainer.launcher.exitcodes import LaunchError, LaunchExit
+from trainer.launcher.kube import api_errors, translate
+
+logger = logging.getLogger(__name__)
+
+CONTAINER = "trainer"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# Waiting reasons that are progress, not problems.
+NORMAL_WAITING = frozenset({"ContainerCreating", "PodInitializing"})
+# Trainer exit codes that stop the Job at once (podFailurePolicy FailJob).
+VERDICT_CODES = (LaunchExit.BAD_INPUT, LaunchExit.QUALITY_GATE, LaunchExit.NO_GPU)
+MAX_WATCH_FAILURES = 5
+LOG_DRAIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class Event:
+    source: str  # "job", "pod" or "error"
+    type: str  # ADDED, MODIFIED, DELETED, or "" for errors
+    obj: Any  # the object as JSON (a dict), or the LaunchError
+
+
+def pending_reason(pod: dict[str, Any]) -> str | None:
+    """Why `pod` is not running yet, if something other than time is in the way."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message', '')}"
+    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    for container in statuses:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in NORMAL_WAITING:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+    return None
+
+
+def trainer_state(pod: dict[str, Any]) -> dict[str, Any]:
+    """The trainer container's `state` ({} if unknown)."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER:
+            return container.get("state") or {}
+    return {}
+
+
+def worker_index(pod: dict[str, Any]) -> str:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get(INDEX_LABEL, "0")
+
+
+def job_condition(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The Job's final condition (Complete or Failed) once it has one."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def failure_exit_code(condition: dict[str, Any], pods: list[dict[str, Any]]) -> LaunchExit:
+    """The exit code a failed Job maps to: the trainer's verdict first, then the Job's reason."""
+    finished = []
+    for pod in pods:
+        terminated = trainer_state(pod).get("terminated")
+        if terminated and terminated.get("exitCode") is not None:
+            finished.append((terminated.get("finishedAt") or "", int(terminated["exitCode"])))
+    finished.sort()
+    codes = [code for _, code in finished]
+    for code in codes:
+        if code in VERDICT_CODES:
+            return LaunchExit(code)
+    if condition.get("reason") == "DeadlineExceeded":
+        return LaunchExit.JOB_DEADLINE
+    if codes and codes[-1] == LaunchExit.STORAGE_UNAVAILABLE:
+        return LaunchExit.STORAGE_UNAVAILABLE
+    return LaunchExit.JOB_FAILED
+
+
+class JobFollower:
+    """Follows one Job; `run()` returns the launcher's exit code."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        name: str,
+        timeout_s: float | None,
+        out: TextIO,
+        watch_timeout_s: int = 60,
+    ) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.timeout_s = timeout_s
+        self.out = out
+        self.watch_timeout_s = watch_timeout_s
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.stop = threading.Event()
+        self.print_lock = threading.Lock()
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.log_threads: dict[str, threading.Thread] = {}
+        self.reported: dict[str, str | None] = {}
+        self.job: dict[str, Any] | None = None
+
+    # -- watchers (threads) -------------------------------------------------------------
+
+    def _watch(self, source: str, list_fn: Callable[..., Any], **selector: str) -> None:
+        """Lists, then watches from the list's resourceVersion; relists on 410 Gone."""
+        resource_version: str | None = None
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if resource_version is None:
+                    listing = list_fn(self.namespace, **selector)
+                    resource_version = listing.metadata.resource_version
+                    for item in listing.items:
+                        obj = self.api.sanitize_for_serialization(item)
+                        self.events.put(Event(source, "ADDED", obj))
+                    if source == "job" and not listing.items:
+                        # Created moments ago and already gone: someone deleted it.
+                        self.events.put(Event(source, "DELETED", {}))
+                        return
+                stream = watch.Watch().stream(
+                    list_fn,
+                    self.namespace,
+                    resource_version=resource_version,
+                    timeout_seconds=self.watch_timeout_s,
+                    _request_timeout=self.watch_timeout_s + 10,
+                    **selector,
+                )
+                for event in stream:
+                    if self.stop.is_set():
+                        return
+                    obj = event["raw_object"]
+                    resource_version = obj["metadata"]["resourceVersion"]
+                    self.events.put(Event(source, event["type"], obj))
+                failures = 0
+            except ApiException as e:
+                if e.status == 410:
+                    # The resourceVersion is older than the server keeps: start over.
+                    logger.info("%s watch expired (410 Gone); listing again", source)
+                    resource_version = None
+                    continue
+                if e.status and e.status < 500:
+                    self.events.put(Event("error", "", translate(e, what=f"watching {source}s")))
+                    return
+                failures += 1
+                last: Exception = e
+            except Exception as e:  # connection reset, timeouts, truncated stream
+                failures += 1
+                last = e
+            else:
+                continue
+            if failures >= MAX_WATCH_FAILURES:
+                self.events.put(Event("error", "", translate(last, what=f"watching {source}s")))
+                return
+            logger.info("%s watch interrupted (%s); reconnecting", source, last)
+            self.stop.wait(min(2**failures * 0.2, 5))
+
+    def _stream_logs(self, pod_name: str, prefix: str) -> None:
+        try:
+            lines = watch.Watch().stream(
+                self.core.read_namespaced_pod_log,
+                name=pod_name,
+                namespace=self.namespace,
+                container=CONTAINER,
+                follow=True,
+            )
+            for line in lines:
+                with self.print_lock:
+                    print(f"[{prefix}] {line}", file=self.out, flush=True)
+        except Exception as e:
+            # Logs are a convenience: a failed stream must not fail the launch.
+            logger.warning("logs of pod %s unavailable: %s", pod_name, e)
+
+    # -- state (caller's thread) --------------------------------------------------------
+
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED":
+            self.pods.pop(name, None)
+            return
+        self.pods[name] = pod
+        reason = pending_reason(pod)
+        if reason != self.reported.get(name) and reason:
+            logger.warning("pod %s (worker %s) waiting: %s", name, worker_index(pod), reason)
+        self.reported[name] = reason
+        state = trainer_state(pod)
+        if name not in self.log_threads and ("running" in state or "terminated" in state):
+            prefix = f"worker {worker_index(pod)}"
+            thread = threading.Thread(
+                target=self._stream_logs, args=(name, prefix), name=f"logs-{name}", daemon=True
+            )
+            self.log_threads[name] = thread
+            thread.start()
+
+    def _waiting_summary(self) -> str:
+        reasons = [f"pod {n}: {r}" for n, r in sorted(self.reported.items()) if r]
+        if reasons:
+            return "; ".join(reasons)
+        if self.job and (self.job.get("spec") or {}).get("suspend"):
+            return "the Job is suspended (waiting for Kueue to admit it?)"
+        if not self.pods:
+            return "no pods created yet"
+        phases = sorted({(p.get("status") or {}).get("phase", "?") for p in self.pods.values()})
+        return f"pods {', '.join(phases)}"
+
+    def _drain_logs(self) -> None:
+        deadline = time.monotonic() + LOG_DRAIN_S
+        for thread in self.log_threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _report_failure(self, condition: dict[str, Any]) -> LaunchExit:
+        with api_errors(f"pods of Job {self.namespace}/{self.name}"):
+            listing = self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"{JOB_NAME_LABEL}={self.name}"
+            )
+        pods = [self.api.sanitize_for_serialization(p) for p in listing.items]
+        pods.sort(key=lambda p: (int(worker_index(p)), p["metadata"].get("creationTimestamp", "")))
+        logger.error(
+            "Job %s/%s failed: %s: %s",
+            self.namespace,
+            self.name,
+            condition.get("reason"),
+            condition.get("message", ""),
+        )
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            terminated = trainer_state(pod).get("terminated") or {}
+            lines = [f"pod {pod_name} (worker {worker_index(pod)})"]
+            if terminated:
+                lines.append(
+                    f"  exit code {terminated.get('exitCode')} ({terminated.get('reason', '')})"
+                )
+                message = (terminated.get("message") or "").rstrip()
+                if message:
+                    lines.append("  termination message:")
+                    lines.extend(f"    {line}" for line in message.splitlines())
+            with api_errors(f"events of pod {pod_name}"):
+                events = self.core.list_namespaced_event(
+                    self.namespace, field_selector=f"involvedObject.name={pod_name}"
+                )
+            if events.items:
+                lines.append("  events:")
+                lines.extend(f"    {e.type} {e.reason}: {e.message}" for e in events.items)
+            with self.print_lock:
+                print("\n".join(lines), file=self.out, flush=True)
+        code = failure_exit_code(condition, pods)
+        logger.error("exit code %d (%s)", code, code.name)
+        return code
+
+    def run(self) -> LaunchExit:
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        watchers = [
+            threading.Thread(
+                target=self._watch,
+                args=("job", self.batch.list_namespaced_job),
+                kwargs={"field_selector": f"metadata.name={self.name}"},
+                name="watch-job",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._watch,
+                args=("pod", self.core.list_namespaced_pod),
+                kwargs={"label_selector": f"{JOB_NAME_LABEL}={self.name}"},
+                name="watch-pods",
+                daemon=True,
+            ),
+        ]
+        for thread in watchers:
+            thread.start()
+        try:
+            return self._loop(deadline)
+        finally:
+            self.stop.set()
+
+    def _loop(self, deadline: float | None) -> LaunchExit:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise LaunchError(
+                    f"--timeout {self.timeout_s:g}s reached; Job {self.namespace}/{self.name} "
+                    f"keeps running: {self._waiting_summary()}",
+                    LaunchExit.TIMEOUT,
+                )
+            try:
+                event = self.events.get(timeout=min(1.0, remaining or 1.0))
+            except queue.Empty:
+                continue
+            if event.source == "error":
+                raise event.obj
+            if event.source == "pod":
+                self._on_pod(event.type, event.obj)
+                continue
+            if event.type == "DELETED":
+                raise LaunchError(
+                    f"Job {self.namespace}/{self.name} was deleted while being followed",
+                    LaunchExit.JOB_DELETED,
+                )
+            self.job = event.obj
+            condition = job_condition(event.obj)
+            if condition is None:
+                continue
+            self._drain_logs()
+            if condition["type"] == "Complete":
+                logger.info("Job %s/%s completed", self.namespace, self.name)
+                return LaunchExit.OK
+            return self._report_failure(condition)
+
+
+def follow_job(
+    api: client.ApiClient,
+    *,
+    namespace: str,
+    name: str,
+    timeout_s: float | None,
+    out: TextIO,
+    watch_timeout_s: int = 60,
+) -> LaunchExit:
+    """Follows Job `namespace/name` to its end; raises LaunchError on timeout or API errors."""
+    return JobFollower(
+        api,
+        namespace=namespace,
+        name=name,
+        timeout_s=timeout_s,
+        out=out,
+        watch_timeout_s=watch_timeout_s,
+    ).run()

@@ -1,0 +1,137 @@
+"""The Kubernetes API client: configuration, error mapping and submission.
+
+    api = connect(kubeconfig=None, context=None)     # kubeconfig, else in-cluster
+    submit(api, docs, namespace="streamtrain")        # Service first, then the Job
+
+Every API failure becomes a LaunchError with a one-line message and its own exit code
+(401/403, 409, 422, unreachable, other).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from trainer.launcher.exitcodes import LaunchError, LaunchExit
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# The launcher creates these kinds; the rest of a rendering (the trainer's ServiceAccount,
+# the NetworkPolicy) is set up once per namespace with `kubectl apply -k k8s/rbac`.
+SUBMITTED_KINDS = ("Service", "Job")
+STATUS_EXIT = {
+    401: LaunchExit.API_DENIED,
+    403: LaunchExit.API_DENIED,
+    409: LaunchExit.CONFLICT,
+    422: LaunchExit.INVALID,
+}
+HINTS = {
+    401: "check the kubeconfig's credentials (expired token?)",
+    403: "bind the launcher's identity to the Role in k8s/rbac",
+    409: "pick another --name, or leave --name out for a unique one",
+    422: "the rendered manifest is invalid; see --dry-run",
+}
+
+
+def connect(*, kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    """An API client from `kubeconfig` (or $KUBECONFIG, ~/.kube/config), else in-cluster."""
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    try:
+        if kubeconfig or Path(path.split(os.pathsep)[0]).is_file():
+            config.load_kube_config(
+                config_file=path, context=context, client_configuration=configuration
+            )
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            raise LaunchError(
+                f"no kubeconfig at {path} and not running in a cluster: pass --kubeconfig",
+                LaunchExit.API_UNREACHABLE,
+            )
+    except (ConfigException, OSError, ValueError, TypeError) as e:
+        raise LaunchError(
+            f"kubeconfig {path}: {' '.join(str(e).split())}", LaunchExit.API_UNREACHABLE
+        ) from e
+    # Fail fast on a dead server instead of urllib3's default retries with backoff.
+    configuration.retries = urllib3.Retry(total=2, connect=2, read=0, backoff_factor=0.2)
+    return client.ApiClient(configuration)
+
+
+def status_message(error: ApiException) -> str:
+    """The message of the Kubernetes Status object in the error's body, else its reason."""
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return " ".join(str(body["message"]).split())
+    return " ".join(str(error.reason or "").split()) or "no message"
+
+
+def translate(error: Exception, *, what: str) -> LaunchError:
+    """`error` from an API call about `what` as a LaunchError with its exit code."""
+    if isinstance(error, ApiException) and error.status:
+        code = STATUS_EXIT.get(error.status, LaunchExit.API_ERROR)
+        hint = HINTS.get(error.status)
+        message = f"{what}: {error.status} {error.reason}: {status_message(error)}"
+        return LaunchError(f"{message} ({hint})" if hint else message, code)
+    # ApiException without a status, urllib3 MaxRetryError / ProtocolError, OSError.
+    return LaunchError(
+        f"{what}: API server unreachable: {' '.join(str(error).split())}",
+        LaunchExit.API_UNREACHABLE,
+    )
+
+
+@contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    """Raises API failures inside the block as LaunchErrors about `what`."""
+    try:
+        yield
+    except LaunchError:
+        raise
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+        raise translate(e, what=what) from e
+
+
+def call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with api_errors(what):
+        return fn(*args, **kwargs)
+
+
+def submit(api: client.ApiClient, docs: list[dict[str, Any]], *, namespace: str) -> str:
+    """Creates the rendering's Service (if any) and Job; returns the Job's name."""
+    core = client.CoreV1Api(api)
+    batch = client.BatchV1Api(api)
+    job_name = ""
+    for doc in sorted(
+        docs, key=lambda d: SUBMITTED_KINDS.index(d["kind"]) if d["kind"] in SUBMITTED_KINDS else -1
+    ):
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind == "Service":
+            try:
+                call(f"Service {namespace}/{name}", core.create_namespaced_service, namespace, doc)
+                logger.info("created Service %s/%s", namespace, name)
+            except LaunchError as e:
+                # One headless Service serves every multi-worker Job in the namespace.
+                if e.exit_code != LaunchExit.CONFLICT:
+                    raise
+                logger.info("Service %s/%s exists; reusing it", namespace, name)
+        elif kind == "Job":
+            call(f"Job {namespace}/{name}", batch.create_namespaced_job, namespace, doc)
+            logger.info("created Job %s/%s", namespace, name)
+            job_name = name
+        else:
+            logger.info("%s/%s: not created by the launcher (apply k8s/rbac once)", kind, name)
+    return job_name
