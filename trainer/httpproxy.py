@@ -29,6 +29,8 @@ applies to every request. `max_faults` caps the total number of injected faults,
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import itertools
 import json
 import logging
@@ -180,18 +182,19 @@ class FaultProxy:
     def configure(self, **options: Any) -> None:
         """Change options at runtime, e.g. `proxy.configure(status_503=0.0, latency_ms=10)`."""
         with self._lock:
+            updated = copy.copy(self._options)
             for name, value in options.items():
-                if not hasattr(self._options, name):
+                if not hasattr(updated, name):
                     raise TypeError(f"FaultProxy has no option {name!r}")
                 if name in FAULT_KINDS and not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"FaultProxy option {name}={value} is not a rate in [0, 1]")
                 if name == "only_paths" and value is not None:
-                    setattr(self._options, name, re.compile(value))
-                else:
-                    setattr(self._options, name, value)
-            total = sum(getattr(self._options, kind) for kind in FAULT_KINDS)
+                    value = re.compile(value)  # noqa: PLW2901
+                setattr(updated, name, value)
+            total = sum(getattr(updated, kind) for kind in FAULT_KINDS)
             if total > 1.0 + 1e-9:
                 raise ValueError(f"FaultProxy fault rates add up to {total} > 1")
+            self._options = updated  # all or nothing
 
     def stats(self) -> dict[str, int]:
         """Counts of requests seen, forwarded, upstream errors and injected faults per kind."""
@@ -259,15 +262,22 @@ class FaultProxy:
 
 
 class _PooledHTTPServer(HTTPServer):
-    """HTTPServer that serves connections on a bounded thread pool instead of a thread each."""
+    """HTTPServer that serves connections on a bounded thread pool instead of a thread each.
 
-    daemon_threads = True
+    It remembers open connections so that closing the server also ends idle keep-alive
+    connections; otherwise their worker threads would wait out the idle timeout and hold up
+    interpreter exit (ThreadPoolExecutor joins its threads at exit).
+    """
 
     def __init__(self, address: tuple[str, int], handler: type, *, max_workers: int) -> None:
         super().__init__(address, handler)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fault-proxy")
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
         self._pool.submit(self._serve, request, client_address)
 
     def _serve(self, request: Any, client_address: Any) -> None:
@@ -276,6 +286,8 @@ class _PooledHTTPServer(HTTPServer):
         except Exception:
             self.handle_error(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.discard(request)
             self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -285,6 +297,11 @@ class _PooledHTTPServer(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        with self._open_lock:
+            still_open = list(self._open)
+        for sock in still_open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked reading the next request
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
