@@ -142,8 +142,8 @@ class Storage:
     `concurrency` sizes the HTTP connection pool (and the thread pool of upload_dir/download_dir);
     callers fetching with N threads should pass N. `deadline_s` bounds the retries of one call
     (api_core gives up as soon as the next backoff would end past it, so a call takes at most
-    about deadline_s + request_timeout_s), `request_timeout_s` one HTTP request (connect, read). `list_page_size` is the number of
-    objects per listing request.
+    about deadline_s + request_timeout_s), `request_timeout_s` one HTTP request (connect, read).
+    `list_page_size` is the number of objects per listing request.
     """
 
     def __init__(
