@@ -49,7 +49,8 @@ def test_gcs_listing_matches_local(folder, gcs_bucket, gcs_upload_tree):
     assert [u.split("/data/", 1)[1] for u in remote.uris] == [
         u.split(str(folder) + "/", 1)[1] for u in local.uris
     ]
-    assert storage.read(remote.uris[0]) == open(local.uris[0], "rb").read()
+    with open(local.uris[0], "rb") as f:
+        assert storage.read(remote.uris[0]) == f.read()
 
 
 def test_manifest_csv_and_jsonl(tmp_path, gcs_bucket, gcs_upload_tree, folder):

@@ -57,7 +57,7 @@ def served(seq, table, epoch):
 def test_each_sample_once_per_epoch_with_its_label_and_seeded_order(gcs_index):
     storage = Storage()
     table = identify(gcs_index, storage)
-    label_of = dict(zip(gcs_index.uris, gcs_index.labels))
+    label_of = dict(zip(gcs_index.uris, gcs_index.labels, strict=True))
     seq = ImageSequence(
         gcs_index,
         batch_size=4,
@@ -138,7 +138,7 @@ def test_corrupt_objects_skip_with_report_or_fail(folder, gcs_bucket, gcs_upload
     gcs_upload_tree(str(folder), f"gs://{gcs_bucket}/c")
     storage = Storage()
     bad = [f"gs://{gcs_bucket}/c/circle/broken.jpg", f"gs://{gcs_bucket}/c/square/page.jpg"]
-    storage.write(bad[0], open(sorted(folder.glob("circle/*.jpg"))[0], "rb").read()[:200])
+    storage.write(bad[0], sorted(folder.glob("circle/*.jpg"))[0].read_bytes()[:200])
     storage.write(bad[1], b"<html><body>503 Service Unavailable</body></html>")
     index = discover(f"gs://{gcs_bucket}/c", storage=storage)
     report = str(tmp_path / "quarantine.jsonl")
@@ -159,14 +159,15 @@ def test_corrupt_objects_skip_with_report_or_fail(folder, gcs_bucket, gcs_upload
             batches = [seq[i] for i in range(len(seq))]
         return seq, batches
 
-    seq, batches = epoch(1)
+    _, batches = epoch(1)
     assert sum(len(y) for _, y in batches) == 29  # epoch length kept: 27 good + 2 bad
-    lines = [json.loads(line) for line in open(report)]
+    with open(report) as f:
+        lines = [json.loads(line) for line in f]
     assert sorted(r["uri"] for r in lines) == sorted(bad)
     assert {r["reason"] for r in lines} <= {"truncated", "not_an_image", "corrupt"}
     assert counters.get("skipped") == 2
     _, again = epoch(1)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again)), (
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again, strict=True)), (
         "replacement is deterministic"
     )
 
@@ -236,7 +237,7 @@ def test_float32_output_and_counters(gcs_index):
         storage=Storage(counters=counters),
     ) as seq:
         x, _ = seq[0]
-    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     snap = counters.snapshot()
     for key in (
         "objects_fetched",
