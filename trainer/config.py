@@ -163,6 +163,13 @@ class TrainConfig:
         group="Data",
         metavar="URI",
     )
+    classes: str | None = _opt(
+        None,
+        help="comma-separated class names: fixes the classes and their label ids; every "
+        "class folder or manifest label must be one of them (default: all found, sorted)",
+        group="Data",
+        metavar="A,B,...",
+    )
     val_split: float = _opt(
         0.2,
         help="fraction of the images held out for validation; 0 trains on everything",
@@ -271,6 +278,12 @@ class TrainConfig:
         help="enable TensorFlow op determinism for reproducible runs (slower)",
         group="Training",
     )
+    trace_steps: bool = _opt(
+        False,
+        help="record a digest of every step's input batch in metrics.json (and checkpoints), "
+        "to prove a resumed run saw the same samples in the same order",
+        group="Training",
+    )
     steps_per_execution: int = _opt(
         1,
         help="training steps per compiled call; more cuts per-step overhead",
@@ -305,6 +318,15 @@ class TrainConfig:
         help="fail fast with exit code 4 when fewer GPUs are visible; 0 does not check",
         group="Devices",
         ge=0,
+        metavar="N",
+    )
+    logical_gpus_per_gpu: int = _opt(
+        1,
+        help="split each GPU into N logical GPUs (one replica each), to exercise the "
+        "multi-replica path on one card",
+        group="Devices",
+        ge=1,
+        le=8,
         metavar="N",
     )
 

@@ -123,7 +123,7 @@ class _Run:
             config.data,
             storage=self.storage,
             index_uri=config.index,
-            class_names=getattr(config, "classes", None),
+            class_names=config.classes.split(",") if config.classes else None,
         )
         self.train_index, self.val_index = self.index.split(
             val_split=config.val_split, seed=config.seed
@@ -134,7 +134,7 @@ class _Run:
             cluster=cluster,
             cpu_replicas=config.cpu_replicas,
             expect_gpus=config.expect_gpus,
-            logical_gpus_per_gpu=getattr(config, "logical_gpus_per_gpu", 1),
+            logical_gpus_per_gpu=config.logical_gpus_per_gpu,
         )
         setup = self.setup_
         self.stop.install()  # after the strategy: TF installs its own handler in multi-worker mode
