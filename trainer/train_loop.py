@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import signal
@@ -636,6 +637,12 @@ class _Run:
         passed = config.min_val_accuracy is not None and (
             final.get("val_accuracy", -1.0) >= config.min_val_accuracy
         )
+        digest = hashlib.sha256()
+        for weight in self.model.get_weights():
+            digest.update(np.ascontiguousarray(weight).tobytes())
+        weights_sha256 = digest.hexdigest()
+        # Every worker logs it: replicas that stayed in sync end with the same digest.
+        logger.info("final weights sha256 %s (worker %d)", weights_sha256, cluster.task_index)
         if not cluster.is_chief:
             logger.info("worker %d done; the chief writes the outputs", cluster.task_index)
         else:
