@@ -119,6 +119,11 @@ class StrategySetup:
     gpus: int
 
     @property
+    def name(self) -> str:
+        # TF reports MultiWorkerMirroredStrategy as CollectiveAllReduceStrategy; say what we ran.
+        return "MultiWorkerMirroredStrategy" if self.cluster.is_multi_worker else "MirroredStrategy"
+
+    @property
     def replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
 

@@ -196,7 +196,7 @@ class _Run:
         logger.info("devices: %s (GPUs: %d)", ", ".join(setup.devices), setup.gpus)
         logger.info(
             "strategy: %s, replicas %d, workers %d (this is worker %d%s)",
-            type(setup.strategy).__name__,
+            setup.name,
             setup.replicas,
             setup.cluster.num_workers,
             setup.cluster.task_index,
@@ -384,7 +384,9 @@ class _Run:
         for step in range(start_step, self.total_steps):
             epoch, index = divmod(step, self.steps_per_epoch)
             x, y = self.train_seq.get_batch(epoch=epoch, index=index)
-            self.seen[self.train_seq.positions(epoch=epoch, index=index)] = True
+            # Keyed by epoch: this generator runs ahead of the step that consumes its output.
+            seen = self.seen.setdefault(epoch, np.zeros(len(self.train_index), dtype=bool))
+            seen[self.train_seq.positions(epoch=epoch, index=index)] = True
             yield from _split(x, y, None, parts)
 
     def _val_batches(self) -> Iterator[tuple[np.ndarray, ...]]:
@@ -448,7 +450,7 @@ class _Run:
         if cluster.is_chief:
             self.outputs.begin()
         self._compile()
-        self.seen = np.zeros(len(self.index), dtype=bool)
+        self.seen: dict[int, np.ndarray] = {}
         tb_dir = tempfile.mkdtemp(prefix="streamtrain-tb-")
         writer = tf.summary.create_file_writer(tb_dir) if cluster.is_chief else None
         progbar = None
@@ -584,11 +586,10 @@ class _Run:
         record.update(self.evaluate())
         workers = self.setup_.cluster.num_workers
         mine = np.zeros(workers)
-        mine[self.setup_.cluster.task_index] = self.seen.sum()
+        mine[self.setup_.cluster.task_index] = self.seen.pop(epoch).sum()
         record["objects_read_per_worker"] = [
             round(float(v)) for v in self.gather(tf.constant(mine)).numpy()
         ]
-        self.seen[:] = False
         logger.info(
             "epoch %d/%d done: loss %.4f accuracy %.4f%s, %.1f images/s",
             epoch + 1,
@@ -671,6 +672,7 @@ class _Run:
                 },
                 "dtype_policy": self.policy,
                 "counters": wait,
+                "weights_sha256": weights_sha256,
                 "quarantined": self.train_seq.quarantined
                 + (self.val_seq.quarantined if self.val_seq else []),
                 "config": config.to_dict(),

@@ -1,0 +1,210 @@
+"""The trainer CLI end to end, in subprocesses, with real TensorFlow strategies.
+
+* 2-replica MirroredStrategy (2 logical CPU devices) learns a learnable dataset read from gs://;
+* 2-process MultiWorkerMirroredStrategy on loopback: identical final weights, half the objects each;
+* SIGTERM in the middle of an epoch, then a restart, reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.synthetic import write_learnable_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_cmd(*args: str) -> list[str]:
+    # `timeout -k`: TF ignores SIGTERM while it waits for a multi-worker peer.
+    return ["timeout", "-k", "10", "300", sys.executable, "-m", "trainer", "train", *args]
+
+
+def run_trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        trainer_cmd(*args),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    write_learnable_dataset(str(root), classes=3, per_class=40, min_size=32, max_size=96, seed=4)
+    return root
+
+
+COMMON = ("--image-size", "32", "--model", "small_cnn", "--log-every", "2")
+
+
+def test_two_replicas_learn_from_gcs_and_write_every_output(
+    shapes, gcs_bucket, gcs_upload_tree, gcs_admin
+):
+    gcs_upload_tree(str(shapes), f"gs://{gcs_bucket}/data")
+    out = f"gs://{gcs_bucket}/run"
+    proc = run_trainer(
+        "--data",
+        f"gs://{gcs_bucket}/data",
+        "--output",
+        out,
+        "--epochs",
+        "6",
+        "--batch-size",
+        "16",
+        "--cpu-replicas",
+        "2",
+        "--min-val-accuracy",
+        "0.85",
+        "--learning-rate",
+        "0.003",
+        *COMMON,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stderr
+    assert "replicas 2" in log and "per replica 8" in log
+    bucket = gcs_admin.bucket(gcs_bucket)
+    names = {b.name for b in bucket.list_blobs(prefix="run/")}
+    for expected in (
+        "run/model.keras",
+        "run/labels.txt",
+        "run/metrics.json",
+        "run/BLESSED",
+        "run/_SUCCESS",
+        "run/saved_model/saved_model.pb",
+    ):
+        assert expected in names, expected
+    assert any(n.startswith("run/tensorboard/events.out.tfevents") for n in names)
+    assert any(n.startswith("run/checkpoints/ckpt-") for n in names)
+    metrics = json.loads(bucket.blob("run/metrics.json").download_as_bytes())
+    assert metrics["replicas"] == 2 and metrics["workers"] == 1
+    assert metrics["final"]["val_accuracy"] >= 0.85
+    assert metrics["quality_gate"]["passed"] is True
+    assert len(metrics["history"]) == 6
+    assert bucket.blob("run/labels.txt").download_as_text().split() == [
+        "circle",
+        "square",
+        "stripes",
+    ]
+    # Validation counts every held-out object exactly once (24 of 120).
+    assert metrics["final"]["val_samples"] == 24
+
+
+def test_two_workers_stay_in_sync_and_each_reads_half(shapes, tmp_path):
+    ports = [_free_port(), _free_port()]
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    out = tmp_path / "out"
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                trainer_cmd(
+                    "--data",
+                    str(shapes),
+                    "--output",
+                    str(out),
+                    "--epochs",
+                    "2",
+                    "--batch-size",
+                    "8",
+                    "--val-split",
+                    "0.2",
+                    *COMMON,
+                ),
+                env={**os.environ, "TF_CONFIG": tf_config},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    logs = [p.communicate(timeout=330)[1] for p in procs]
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    digests = [re.search(r"final weights sha256 (\w+)", log).group(1) for log in logs]
+    assert digests[0] == digests[1]
+    assert re.search(r"strategy: MultiWorkerMirroredStrategy\w*, replicas 2, workers 2", logs[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["workers"] == 2
+    for epoch in metrics["history"]:
+        assert epoch["objects_read_per_worker"] == [48, 48]  # 96 training objects, halves
+    assert not (out / "quarantine").exists()
+
+
+def test_sigterm_mid_epoch_then_restart_reproduces_the_uninterrupted_run(shapes, tmp_path):
+    args = (
+        "--data",
+        str(shapes),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--cpu-replicas",
+        "2",
+        "--trace-steps",
+        "--deterministic",
+        "--checkpoint-every",
+        "1000",
+        "--val-split",
+        "0.2",
+        *COMMON,
+    )
+    full = run_trainer(*args, "--output", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-3000:]
+    reference = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        trainer_cmd(*args, "--output", str(out)), stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    for line in proc.stderr:  # wait until training is well into epoch 1
+        lines.append(line)
+        if re.search(r"epoch 1/2 step 10/24", line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 143, "".join(lines)[-3000:]
+    log = "".join(lines)
+    assert "SIGTERM received" in log and "checkpoint written" in log
+    assert not (out / "_SUCCESS").exists()
+    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+)", log).group(1))
+    assert 10 <= stopped_at < 24, "stopped in the middle of the first epoch"
+
+    resumed = run_trainer(*args, "--output", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from checkpoint at step {stopped_at}: epoch 1, batch {stopped_at}" in (
+        resumed.stderr
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s for s, _ in metrics["trace"]] == list(range(48))
+    assert metrics["trace"] == reference["trace"], "same samples in the same order"
+    assert metrics["weights_sha256"] == reference["weights_sha256"]
+    assert [h["samples"] for h in metrics["history"]] == [96, 96]
+
+
+def test_bad_configuration_exits_2_with_one_line(tmp_path):
+    start = time.monotonic()
+    proc = run_trainer("--data", "s3://bucket/x", "--output", str(tmp_path))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--data" in lines[0] and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 60  # a hang guard, not a speed assertion
