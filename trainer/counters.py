@@ -1,9 +1,9 @@
 """Thread-safe counters that the input pipeline updates and callers read.
 
-    counters = Counters()
-    counters.add("objects_fetched")
-    counters.add("fetch_seconds", 0.012)
-    counters.snapshot()  # {"objects_fetched": 1, "fetch_seconds": 0.012, ...}
+counters = Counters()
+counters.add("objects_fetched")
+counters.add("fetch_seconds", 0.012)
+counters.snapshot()  # {"objects_fetched": 1, "fetch_seconds": 0.012, ...}
 """
 
 from __future__ import annotations
