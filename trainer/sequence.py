@@ -67,6 +67,8 @@ class ImageSequence(keras.utils.PyDataset):
         quarantine_uri: str | None = None,
         max_pixels: int = 89_478_485,
         epoch: int = 0,
+        epochs: int | None = None,
+        max_batches: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -94,6 +96,9 @@ class ImageSequence(keras.utils.PyDataset):
         self.quarantine_uri = quarantine_uri
         self.max_pixels = max_pixels
         self.epoch = epoch
+        # Bounds for the look-ahead, so that nothing past the last batch used is fetched.
+        self.epochs = epochs
+        self.max_batches = max_batches
         self.fetch_threads = fetch_threads
         self.prefetch_batches = prefetch_batches
         self._labels = np.asarray(index.labels, dtype=np.int32)
@@ -127,11 +132,13 @@ class ImageSequence(keras.utils.PyDataset):
     # --- PyDataset protocol -------------------------------------------------------------------
 
     def __len__(self) -> int:
+        if self.max_batches is not None:
+            return min(len(self.plan), self.max_batches)
         return len(self.plan)
 
     @property
     def num_batches(self) -> int:
-        return len(self.plan)
+        return len(self)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
@@ -151,6 +158,8 @@ class ImageSequence(keras.utils.PyDataset):
             future = self._pending.pop((epoch, index), None) or self._submit(epoch, index)
             for ahead in range(1, self.prefetch_batches + 1):
                 key = self._advance(epoch, index, ahead)
+                if self.epochs is not None and key[0] >= self.epochs:
+                    break
                 if key not in self._pending:
                     self._pending[key] = self._submit(*key)
         batch = future.result()

@@ -101,7 +101,8 @@ class _Run:
         self.counters = Counters()
         self.stop = _StopFlag()
         self.storage = Storage(
-            concurrency=config.fetch_threads,
+            # The training and validation Sequences each run `fetch_threads` readers.
+            concurrency=2 * config.fetch_threads,
             deadline_s=config.storage_deadline_s,
             request_timeout_s=config.request_timeout_s,
             counters=self.counters,
@@ -170,6 +171,8 @@ class _Run:
                 batch_size=self.local_batch,
                 remainder=config.remainder,
                 shuffle=True,
+                epochs=config.epochs,
+                max_batches=config.max_steps_per_epoch,
                 **common,
             )
             self.val_seq = None
@@ -180,13 +183,12 @@ class _Run:
                     batch_size=self.local_batch,
                     remainder="pad",
                     shuffle=False,
+                    epochs=1,
                     **common,
                 )
         except ValueError as e:
             raise DataError(f"--data {config.data}: {e}") from None
         self.steps_per_epoch = len(self.train_seq)
-        if config.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.val_counted = np.zeros(len(self.val_index), dtype=bool)
         self._log_summary()
@@ -733,6 +735,7 @@ def run(config: Any) -> int:
         job.setup()
         job.build()
         result = job.train()
+        job.close()  # stop the input pipeline before exporting: nothing more to fetch
         return job.finish(result)
     finally:
         job.close()
