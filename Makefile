@@ -26,7 +26,12 @@ $(CHECKOV_STAMP):
 	touch $@
 
 test: install tools
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m "not full"
+
+# The whole reliability suite, fast and full parts; rewrites docs/reliability.md from its rows.
+reliability: install tools
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md \
+		$(BIN)/pytest -q tests/reliability
 
 lint: install
 	$(BIN)/ruff check .

@@ -40,7 +40,6 @@ from trainer.dataset import load_or_discover
 from trainer.errors import ConfigError, DataError, QualityGateError, TerminatedError
 from trainer.logs import is_tty
 from trainer.outputs import Outputs
-from trainer.sequence import ImageSequence
 from trainer.storage import Storage
 from trainer.strategy import StrategySetup, cluster_from_env, make_strategy
 
@@ -132,6 +131,9 @@ class _Run:
         )
         if cluster.is_chief:
             self.storage.check_writable(self.outputs.root)
+        # Keras (and so TensorFlow) loads only now: bad data fails above in a second.
+        from trainer.sequence import ImageSequence
+
         self.setup_ = make_strategy(
             cluster=cluster,
             cpu_replicas=config.cpu_replicas,
