@@ -137,3 +137,23 @@ def test_rejects_bad_options(upstreams):
         FaultProxy(upstreams=upstreams, reset=0.6, truncate=0.6)
     with pytest.raises(TypeError, match="bogus"):
         FaultProxy(upstreams=upstreams, bogus=1)
+
+
+def test_answer_paths_get_a_fixed_status_without_reaching_the_upstream(upstreams):
+    with FaultProxy(
+        upstreams=upstreams[:1], status_503=1.0, answer_paths=r"^GET /b/locked/", seed=0
+    ) as proxy:
+        denied = requests.get(f"{proxy.url}/b/locked/o?alt=media", timeout=5)
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == 403
+        proxy.configure(status_503=0.0, answer_status=401)
+        assert requests.get(f"{proxy.url}/b/locked/x", timeout=5).status_code == 401
+        assert requests.post(f"{proxy.url}/b/locked/x", timeout=5).status_code == 200
+        proxy.configure(answer_paths=r"^HEAD ")
+        head = requests.head(f"{proxy.url}/b/locked/x", timeout=5)
+        assert head.status_code == 401 and head.content == b""
+        proxy.configure(answer_paths=None)
+        assert requests.get(f"{proxy.url}/b/locked/x", timeout=5).status_code == 200
+        stats = proxy.stats()
+    assert stats["answered"] == 3 and stats["status_503"] == 0 and stats["forwarded"] == 2
+    with pytest.raises(ValueError, match="answer_status"):
+        FaultProxy(upstreams=upstreams, answer_status=42)

@@ -24,6 +24,12 @@ Fault kinds (each a probability in [0, 1], drawn once per request from one seede
 Only requests whose path+query matches `only_paths` (a regex, searched) are faulted; latency
 applies to every request. `max_faults` caps the total number of injected faults, which makes
 "the first N matching requests fail" tests deterministic.
+
+A fixed answer, for permission tests: every request whose "METHOD path?query" matches
+`answer_paths` (a regex, searched) gets `answer_status` (default 403) with the JSON error body,
+without a draw and without calling the upstream; counted as "answered", not as a fault.
+
+    proxy.configure(answer_paths=r"^GET /storage/v1/b/secret-bucket/o", answer_status=403)
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ class _Options:
         self.truncate_length = True
         self.only_paths: re.Pattern[str] | None = None
         self.max_faults: int | None = None
+        self.answer_status = 403
+        self.answer_paths: re.Pattern[str] | None = None
 
 
 class FaultProxy:
@@ -97,6 +105,8 @@ class FaultProxy:
       truncate_length  whether a truncated response still announces the full Content-Length
       only_paths   regex searched in "path?query"; only matching requests are faulted
       max_faults   stop injecting after this many faults in total (None: no cap)
+      answer_paths regex searched in "METHOD path?query"; matching requests get answer_status
+      answer_status  the status answered to them (default 403), upstream not called
     `seed` makes the sequence of fault draws reproducible; `max_workers` bounds the threads that
     serve connections (one per open keep-alive connection), `idle_timeout_s` closes idle ones;
     `recent_size` bounds the log of request lines that `recent_requests()` returns.
@@ -122,7 +132,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._options = _Options()
         self._stats: dict[str, int] = dict.fromkeys(
-            ("requests", "forwarded", "upstream_errors", *FAULT_KINDS), 0
+            ("requests", "forwarded", "upstream_errors", "answered", *FAULT_KINDS), 0
         )
         self._faults_injected = 0
         # The latest request lines ("GET /path?query"), bounded, for tests that check what
@@ -188,8 +198,10 @@ class FaultProxy:
                     raise TypeError(f"FaultProxy has no option {name!r}")
                 if name in FAULT_KINDS and not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"FaultProxy option {name}={value} is not a rate in [0, 1]")
-                if name == "only_paths" and value is not None:
+                if name in ("only_paths", "answer_paths") and value is not None:
                     value = re.compile(value)  # noqa: PLW2901
+                if name == "answer_status" and not 100 <= int(value) <= 599:
+                    raise ValueError(f"FaultProxy option answer_status={value} is not a status")
                 setattr(updated, name, value)
             total = sum(getattr(updated, kind) for kind in FAULT_KINDS)
             if total > 1.0 + 1e-9:
@@ -214,12 +226,16 @@ class FaultProxy:
 
     # --- used by the handler ---------------------------------------------------------------
 
-    def _plan(self, method: str, target: str) -> tuple[float, str | None, float, str, bool]:
-        """Latency, fault kind (or None), stall duration, upstream, truncate_length."""
+    def _plan(self, method: str, target: str) -> tuple[float, str | int | None, float, str, bool]:
+        """Latency, fault kind (or a fixed status, or None), stall duration, upstream,
+        truncate_length."""
         with self._lock:
             opts = self._options
             self._stats["requests"] += 1
             self._recent.append(f"{method} {target}")
+            if opts.answer_paths is not None and opts.answer_paths.search(f"{method} {target}"):
+                self._stats["answered"] += 1
+                return opts.latency_ms / 1000.0, opts.answer_status, 0.0, "", True
             fault = None
             capped = opts.max_faults is not None and self._faults_injected >= opts.max_faults
             if not capped and (opts.only_paths is None or opts.only_paths.search(target)):
@@ -342,6 +358,8 @@ def _make_handler(proxy: FaultProxy, idle_timeout_s: float) -> type[BaseHTTPRequ
             body = json.dumps(
                 {"error": {"code": status, "message": f"injected by FaultProxy: {status}"}}
             ).encode()
+            if self.command == "HEAD":
+                body = b""
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -355,6 +373,8 @@ def _make_handler(proxy: FaultProxy, idle_timeout_s: float) -> type[BaseHTTPRequ
             latency_s, fault, stall_s, upstream, keep_length = proxy._plan(self.command, self.path)
             if latency_s > 0 and proxy._stopping.wait(latency_s):
                 self._abort()
+            elif isinstance(fault, int):
+                self._send_error_status(fault)
             elif fault in ("status_503", "status_429"):
                 self._send_error_status(int(fault[-3:]))
             elif fault == "reset":
