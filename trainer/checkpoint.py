@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,13 +49,21 @@ def _variables(model: Any, optimizer: Any) -> list[Any]:
 
 class Checkpointer:
     def __init__(
-        self, directory: str, *, storage: Storage, keep: int = 3, writer: bool = True
+        self,
+        directory: str,
+        *,
+        storage: Storage,
+        keep: int = 3,
+        writer: bool = True,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory.rstrip("/")
         self.storage = storage
         self.keep = keep
         self.writer = writer
         self.last_saved_step: int | None = None
+        # Called between the data files and the COMMITTED marker (fault injection).
+        self.before_commit = before_commit
 
     def _path(self, step: int, name: str = "") -> str:
         folder = storage_lib.join(self.directory, f"ckpt-{step:09d}")
@@ -96,6 +105,8 @@ class Checkpointer:
         state_bytes = json.dumps({**state, "step": step}, indent=1).encode()
         self.storage.write(self._path(step, WEIGHTS), weights)
         self.storage.write(self._path(step, STATE), state_bytes)
+        if self.before_commit is not None:
+            self.before_commit()
         marker = {"step": step, WEIGHTS: _sha256(weights), STATE: _sha256(state_bytes)}
         self.storage.write(self._path(step, COMMITTED), json.dumps(marker).encode())
         logger.info(

@@ -82,6 +82,9 @@ EXIT_CODE_MEANINGS: Mapping[ExitCode, str] = types.MappingProxyType(
         ExitCode.STORAGE_UNAVAILABLE: (
             "the object store kept failing past --storage-deadline-s: retry later"
         ),
+        ExitCode.PEER_LOST: (
+            "another worker of a multi-worker job was lost: restart the job, it resumes"
+        ),
         ExitCode.TERMINATED: (
             "terminated (SIGTERM): a checkpoint was written, restarting resumes the run"
         ),
@@ -410,6 +413,14 @@ class TrainConfig:
         help="name of the Kubernetes Indexed Job; worker I is JOB_NAME-I.WORKER_SERVICE",
         group="Multi-worker",
         metavar="NAME",
+    )
+    collective_timeout_s: float = _opt(
+        300.0,
+        help="multi-worker only: a collective that waits this long for a peer fails the run "
+        "with exit code 6 instead of hanging",
+        group="Multi-worker",
+        gt=0,
+        metavar="SECONDS",
     )
 
     def __post_init__(self) -> None:

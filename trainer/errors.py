@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     QUALITY_GATE = 3  # trained, but below --min-val-accuracy
     NO_GPU = 4  # fewer GPUs visible than --expect-gpus
     STORAGE_UNAVAILABLE = 5  # object store failed past the retry deadline: retry later
+    PEER_LOST = 6  # a multi-worker peer stopped answering: restart the job, it resumes
     TERMINATED = 143  # SIGTERM: checkpoint written, the run resumes when restarted
 
 
@@ -56,6 +57,12 @@ class StorageUnavailableError(TrainerError):
     """The object store kept failing with transient errors past the retry deadline."""
 
     exit_code = ExitCode.STORAGE_UNAVAILABLE
+
+
+class PeerLostError(TrainerError):
+    """Another worker of a multi-worker job died or stopped answering collectives."""
+
+    exit_code = ExitCode.PEER_LOST
 
 
 class QualityGateError(TrainerError):

@@ -2,7 +2,8 @@
 
     outputs = Outputs("gs://bucket/runs/42", storage=storage)
     outputs.begin()                        # a rerun first withdraws the old _SUCCESS and BLESSED
-    outputs.save_model(model)              # model.keras, saved_model/, labels.txt ...
+    outputs.save_keras(model)              # model.keras
+    outputs.export_saved_model(model)      # saved_model/
     outputs.write_json("metrics.json", metrics)
     outputs.finish(blessed=True)           # BLESSED if the gate passed, then _SUCCESS, last
 
@@ -55,16 +56,20 @@ class Outputs:
     def write_labels(self, class_names: Sequence[str]) -> str:
         return self.write_bytes("labels.txt", "".join(f"{c}\n" for c in class_names).encode())
 
-    def save_model(self, model: Any) -> dict[str, str]:
-        """Writes ``model.keras`` and the serving export ``saved_model/``; returns their URIs."""
+    def save_keras(self, model: Any) -> str:
+        """Writes ``model.keras``; returns its URI."""
         with tempfile.TemporaryDirectory(prefix="streamtrain-export-") as tmp:
-            keras_path = os.path.join(tmp, "model.keras")
-            model.save(keras_path)
-            with open(keras_path, "rb") as f:
-                keras_uri = self.write_bytes("model.keras", f.read())
+            path = os.path.join(tmp, "model.keras")
+            model.save(path)
+            with open(path, "rb") as f:
+                return self.write_bytes("model.keras", f.read())
+
+    def export_saved_model(self, model: Any) -> str:
+        """Writes the serving export ``saved_model/``; returns its URI."""
+        saved_uri = self.uri("saved_model")
+        with tempfile.TemporaryDirectory(prefix="streamtrain-export-") as tmp:
             export_dir = os.path.join(tmp, "saved_model")
             model.export(export_dir, format="tf_saved_model", verbose=False)
-            saved_uri = self.uri("saved_model")
             if storage_lib.is_gcs(saved_uri):
                 # saved_model.pb last: the folder is a model only once it exists.
                 pb = os.path.join(tmp, "saved_model.pb")
@@ -74,7 +79,7 @@ class Outputs:
                     self.storage.write(storage_lib.join(saved_uri, "saved_model.pb"), f.read())
             else:
                 self.storage.upload_dir(export_dir, saved_uri)
-        return {"model": keras_uri, "saved_model": saved_uri}
+        return saved_uri
 
     def finish(self, *, blessed: bool, gate: dict[str, Any]) -> None:
         if blessed:

@@ -138,6 +138,7 @@ def make_strategy(
     cpu_replicas: int = 1,
     expect_gpus: int = 0,
     logical_gpus_per_gpu: int = 1,
+    collective_timeout_s: float | None = None,
 ) -> StrategySetup:
     """Creates the strategy; must run before any other TensorFlow op touches a device."""
     import tensorflow as tf
@@ -167,7 +168,9 @@ def make_strategy(
             os.environ["TF_CONFIG"] = cluster.tf_config
         # Ring collectives work everywhere; NCCL is picked automatically on GPUs.
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+            # A dead peer must fail the run, not hang it until the Job's deadline.
+            timeout_seconds=collective_timeout_s,
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     else:

@@ -37,7 +37,8 @@ from trainer.cache import ByteCache
 from trainer.checkpoint import Checkpointer
 from trainer.counters import Counters
 from trainer.dataset import load_or_discover
-from trainer.errors import ConfigError, DataError, QualityGateError, TerminatedError
+from trainer.errors import ConfigError, DataError, PeerLostError, QualityGateError, TerminatedError
+from trainer.faults import FaultPlan
 from trainer.logs import is_tty
 from trainer.outputs import Outputs
 from trainer.storage import Storage
@@ -107,6 +108,10 @@ class _Run:
             counters=self.counters,
         )
         self.outputs = Outputs(config.output, storage=self.storage)
+        self.faults = FaultPlan.from_env(os.environ)
+        # An exception raised inside the input generator reaches the step as a bare TF error;
+        # the original is kept here so the user sees its own message and exit code.
+        self.input_error: BaseException | None = None
         self.trace: list[list[Any]] = []
 
     # --- setup --------------------------------------------------------------------------------
@@ -139,6 +144,7 @@ class _Run:
             cpu_replicas=config.cpu_replicas,
             expect_gpus=config.expect_gpus,
             logical_gpus_per_gpu=config.logical_gpus_per_gpu,
+            collective_timeout_s=config.collective_timeout_s,
         )
         setup = self.setup_
         self.stop.install()  # after the strategy: TF installs its own handler in multi-worker mode
@@ -377,11 +383,18 @@ class _Run:
         def dataset_fn(context):
             if context.num_input_pipelines != self.setup_.cluster.num_workers:
                 raise RuntimeError("one input pipeline per worker expected")
-            return tf.data.Dataset.from_generator(generator, output_signature=tuple(spec)).prefetch(
-                2
-            )
+            return tf.data.Dataset.from_generator(
+                lambda: self._keep_error(generator()), output_signature=tuple(spec)
+            ).prefetch(2)
 
         return self.setup_.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _keep_error(self, generator: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from generator
+        except BaseException as e:
+            self.input_error = e
+            raise
 
     def _train_batches(self, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         parts = self.setup_.local_replicas
@@ -409,6 +422,7 @@ class _Run:
             return {}
         import tensorflow as tf
 
+        self.faults.hit("eval")
         iterator = iter(self._dataset(self._val_batches, with_weights=True))
         totals = self.evaluate_all(iterator, tf.constant(len(self.val_seq))).numpy()
         loss, correct, count = totals
@@ -425,7 +439,11 @@ class _Run:
         cluster = setup.cluster
         ckpt_dir = config.checkpoint_dir or self.outputs.uri("checkpoints")
         self.checkpointer = Checkpointer(
-            ckpt_dir, storage=self.storage, keep=config.keep_checkpoints, writer=cluster.is_chief
+            ckpt_dir,
+            storage=self.storage,
+            keep=config.keep_checkpoints,
+            writer=cluster.is_chief,
+            before_commit=lambda: self.faults.hit("checkpoint_write"),
         )
         state = self.checkpointer.restore(model=self.model, optimizer=self.optimizer) or {}
         step = int(state.get("step", 0))
@@ -488,6 +506,8 @@ class _Run:
             totals, digests = self.train_chunk(iterator, tf.constant(steps))
             totals = totals.numpy()
             step += steps
+            for _ in range(steps):
+                self.faults.hit("step")
             acc += totals[:3]
             window["samples"] += totals[2]
             epoch_start["samples"] += totals[2]
@@ -503,6 +523,7 @@ class _Run:
             terminating = totals[4] > 0
             if index == self.steps_per_epoch:
                 history.append(self._end_epoch(epoch, acc, epoch_start, writer, tb_dir))
+                self.faults.hit("epoch_end")
                 acc[:] = 0
                 progbar = None
                 epoch_start = {
@@ -529,6 +550,30 @@ class _Run:
                     "the job to resume"
                 )
         return {"history": history, "tb_dir": tb_dir, "writer": writer, "step": step}
+
+    def train_translating_errors(self) -> dict[str, Any]:
+        """`train`, with TensorFlow's errors turned into the user's own."""
+        import tensorflow as tf
+
+        try:
+            return self.train()
+        except tf.errors.OpError as e:
+            if self.input_error is not None:
+                raise self.input_error from None
+            lost = (
+                tf.errors.UnavailableError,
+                tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError,
+                tf.errors.AbortedError,
+            )
+            if self.setup_.cluster.is_multi_worker and isinstance(e, lost):
+                first = (e.message or str(e)).strip().splitlines()[0][:200]
+                raise PeerLostError(
+                    f"worker {self.setup_.cluster.task_index}: lost contact with a peer worker "
+                    f"({type(e).__name__}: {first}); restart the job, it resumes from the last "
+                    "checkpoint"
+                ) from None
+            raise
 
     def _plan_key(self) -> dict[str, Any]:
         return {
@@ -722,7 +767,9 @@ class _Run:
             input_dtype=self.config.dtype,
         )
         clone.set_weights(self.model.get_weights())
-        self.exported = self.outputs.save_model(clone)
+        model_uri = self.outputs.save_keras(clone)
+        self.faults.hit("export")
+        self.exported = {"model": model_uri, "saved_model": self.outputs.export_saved_model(clone)}
 
     def close(self) -> None:
         for seq in (getattr(self, "train_seq", None), getattr(self, "val_seq", None)):
@@ -736,7 +783,7 @@ def run(config: Any) -> int:
     try:
         job.setup()
         job.build()
-        result = job.train()
+        result = job.train_translating_errors()
         job.close()  # stop the input pipeline before exporting: nothing more to fetch
         return job.finish(result)
     finally:

@@ -1,0 +1,65 @@
+"""Deterministic fault injection at named points of a run, for the reliability suite.
+
+`STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
+run passes POINT, the process sends itself SIGNAL (TERM by default, or KILL). It is read once at
+start; unset (always, in production) every hook is a no-op.
+
+    faults = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
+    ...
+    faults.hit("checkpoint_write")
+
+Points: `step` (after each training step), `epoch_end` (after an epoch's metrics), `eval`
+(as evaluation starts), `checkpoint_write` (between a checkpoint's weights and its COMMITTED
+marker), `export` (between `model.keras` and the SavedModel).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+from trainer.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV = "STREAMTRAIN_FAULT"
+POINTS = ("step", "epoch_end", "eval", "checkpoint_write", "export")
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+
+
+class FaultPlan:
+    def __init__(self, faults: dict[str, list[tuple[int, signal.Signals]]] | None = None) -> None:
+        self._faults = faults or {}
+        self._hits: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FaultPlan:
+        spec = env.get(ENV, "").strip()
+        faults: dict[str, list[tuple[int, signal.Signals]]] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            try:
+                where, _, sig = item.partition(":")
+                point, _, count = where.partition("@")
+                if point not in POINTS or (sig or "TERM") not in _SIGNALS:
+                    raise ValueError
+                faults.setdefault(point, []).append((int(count), _SIGNALS[sig or "TERM"]))
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL] "
+                    f"with POINT one of {', '.join(POINTS)}"
+                ) from None
+        if faults:
+            logger.warning("fault injection armed: %s", spec)
+        return cls(faults)
+
+    def hit(self, point: str) -> None:
+        if point not in self._faults:
+            return
+        self._hits[point] += 1
+        for count, sig in self._faults[point]:
+            if count == self._hits[point]:
+                logger.warning("fault injection: %s at %s #%d", sig.name, point, count)
+                os.kill(os.getpid(), sig)
