@@ -19,6 +19,7 @@ one bucket (reads) and for uploads to another (writes).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -443,23 +444,41 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_configuration_exits_with_one_line(case, world, row):
     fill = lambda text: text.format(**world)  # noqa: E731
-    args = [fill(a) for a in case.args]
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", *args],
-        cwd=ROOT,
-        env=_environment({k: fill(v) for k, v in case.env.items()}),
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,  # the bound; a hang fails the case
-        check=False,
+    short = lambda text: text.replace(world["tmp"] + "/", "")  # noqa: E731
+    record = functools.partial(
+        row, area="Bad configuration", case=case.name, injected=short(fill(case.injected))
     )
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trainer", "train", *(fill(a) for a in case.args)],
+            cwd=ROOT,
+            env=_environment({k: fill(v) for k, v in case.env.items()}),
+            capture_output=True,
+            text=True,
+            timeout=LIMIT_S,  # the bound
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        record(observed=f"no exit within {LIMIT_S:g} s")
+        raise
     seconds = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     others = [line for line in lines if not line.startswith("error: ")]
     tf_notices = [line for line in others if TF_NOTICE.match(line)]
     our_logs = [line for line in others if OUR_LOG.match(line)]
+    before = {
+        "config": f"{len(others)} other stderr lines",
+        "data": f"{len(our_logs)} INFO lines before it, "
+        f"{sum(m in result.stderr for m in DEVICE_MARKERS)} device-setup lines",
+        "device": f"{len(tf_notices)} TensorFlow start-up notices before it",
+    }[case.stage]
+    # Recorded before the checks, so that a failing case still shows what happened.
+    record(
+        observed=f"exit {result.returncode} in {seconds:.1f} s, {before}: "
+        f"`{short(lines[-1] if lines else '(nothing on stderr)')}`"
+    )
 
     assert result.returncode == case.code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -475,16 +494,3 @@ def test_bad_configuration_exits_with_one_line(case, world, row):
         assert allowed == len(others), result.stderr
     if case.stage == "data":
         assert not any(marker in result.stderr for marker in DEVICE_MARKERS), result.stderr
-
-    before = {
-        "config": "before any I/O, nothing else on stderr",
-        "data": f"in setup, no {'/'.join(DEVICE_MARKERS)} line ({len(our_logs)} INFO lines)",
-        "device": f"{len(tf_notices)} TensorFlow start-up notices before it",
-    }[case.stage]
-    row(
-        area="Bad configuration",
-        case=case.name,
-        injected=fill(case.injected).replace(world["tmp"] + "/", ""),
-        observed=f"exit {result.returncode} in {seconds:.1f} s, {before}: "
-        f"`{error.replace(world['tmp'] + '/', '')}`",
-    )
