@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from report import render  # tests/reliability/report.py; pytest puts this folder on sys.path
 
 # The shared test helpers (badimages.py, kube_api_server.py) live one folder up.
@@ -54,10 +53,19 @@ def row(request: pytest.FixtureRequest):
     yield add
     outcomes = request.node.stash.get(_OUTCOME_KEY, {})
     passed = outcomes.get("call") == "passed"
-    for r in rows or [{"area": "?", "case": request.node.name, "injected": "",
-                       "observed": "(the test failed before recording)"}]:
-        r.update(result="pass" if passed else "FAIL", test=request.node.nodeid,
-                 seconds=round(time.monotonic() - started, 1))
+    for r in rows or [
+        {
+            "area": "?",
+            "case": request.node.name,
+            "injected": "",
+            "observed": "(the test failed before recording)",
+        }
+    ]:
+        r.update(
+            result="pass" if passed else "FAIL",
+            test=request.node.nodeid,
+            seconds=round(time.monotonic() - started, 1),
+        )
         request.config.stash[_ROWS_KEY].append(r)
 
 

@@ -35,9 +35,16 @@ def render(rows: list[dict]) -> str:
     ]
     order = {a: i for i, a in enumerate(AREAS)}
     for area in sorted({r["area"] for r in rows}, key=lambda a: (order.get(a, 99), a)):
-        lines += ["", f"## {area}", "", "| Case | Injected | Observed | Result | s |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {area}",
+            "",
+            "| Case | Injected | Observed | Result | s |",
+            "|---|---|---|---|---|",
+        ]
         for r in (r for r in rows if r["area"] == area):
-            lines.append(f"| {_cell(r['case'])} | {_cell(r['injected'])} | "
-                         f"{_cell(r['observed'])} | {r['result']} | {r['seconds']} |")
+            lines.append(
+                f"| {_cell(r['case'])} | {_cell(r['injected'])} | "
+                f"{_cell(r['observed'])} | {r['result']} | {r['seconds']} |"
+            )
     return "\n".join(lines) + "\n"

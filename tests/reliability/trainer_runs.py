@@ -1,0 +1,56 @@
+"""Helpers to run the trainer CLI as a subprocess, for the reliability suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Run:
+    code: int
+    log: str
+    seconds: float
+
+    def lines(self, pattern: str) -> list[str]:
+        return [line for line in self.log.splitlines() if re.search(pattern, line)]
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.log.splitlines() if line.startswith("error:")]
+
+
+def command(*args: str) -> list[str]:
+    # `timeout -k`: TF ignores SIGTERM while it waits for a multi-worker peer.
+    return ["timeout", "-k", "10", "300", sys.executable, "-m", "trainer", "train", *args]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Run:
+    started = time.monotonic()
+    proc = subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    return Run(proc.returncode, proc.stderr, time.monotonic() - started)
+
+
+def metrics(output: Path) -> dict:
+    return json.loads((output / "metrics.json").read_text())
+
+
+def run_until_done(
+    *args: str, first_env: dict[str, str], restarts: int = 3, env: dict[str, str] | None = None
+) -> list[Run]:
+    """Runs once with `first_env` (the fault), then restarts without it until exit 0."""
+    runs = [run(*args, env={**(env or {}), **first_env})]
+    while runs[-1].code != 0 and len(runs) <= restarts:
+        runs.append(run(*args, env=env))
+    return runs
