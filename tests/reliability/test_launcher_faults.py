@@ -237,6 +237,8 @@ BAD_INPUTS = [
     BadInput("--name", ("--name=Nightly_Run",), ("--name", "Nightly_Run")),
     BadInput("--name", ("--name=" + "x" * 51,), ("--name",)),
     BadInput("--queue", ("--queue=Team Queue",), ("--queue",)),
+    BadInput("--name-prefix", ("--name-prefix=Team_A",), ("--name-prefix", "Team_A")),
+    BadInput("--manifests", ("--manifests=/nonexistent",), ("/nonexistent",)),
     BadInput("--overlay", ("--overlay=../../etc",), ("--overlay",)),
     BadInput("--trainer-env", ("--trainer-env=PATH=/x",), ("--trainer-env", "PATH")),
     BadInput("--trainer-env", ("--trainer-env=TRAINER_DATA=gs://x/y",), ("TRAINER_DATA",)),
