@@ -40,7 +40,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from trainer.emulator import EMULATOR_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ QUALITY = 90
 MIXED_SIDES = (320, 2048)
 BUCKET = "bench"
 WARMUP_IMAGES = 64
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,23 +320,25 @@ def run_image_sequence_gcs_latency(root: Path, *, workload: Workload) -> dict[st
     return result
 
 
-def _read_decode(path: str) -> float:
-    """Read and decode one file; returns the CPU seconds this thread spent on it."""
+def _read_decode(path: str) -> None:
     from trainer.decode import decode_image
 
-    cpu = time.thread_time()
     with open(path, "rb") as f:
         data = f.read()
     decode_image(data, size=TARGET_SIZE)
-    return time.thread_time() - cpu
 
 
 def _time_pool(pool: concurrent.futures.Executor, files: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the tasks) of one pass over `files`."""
+    """(wall seconds, CPU seconds of this process and its pool workers) of one pass."""
+    import multiprocessing
+
     list(pool.map(_read_decode, _strided(files, WARMUP_IMAGES)))  # warm-up (and fork)
+    workers = [p.pid for p in multiprocessing.active_children()]
+    cpu = time.process_time() + _cpu_seconds(workers)
     started = time.perf_counter()
-    cpu = sum(pool.map(_read_decode, files, chunksize=1 if isinstance(pool, _Threads) else 8))
-    return time.perf_counter() - started, cpu
+    list(pool.map(_read_decode, files, chunksize=1 if isinstance(pool, _Threads) else 8))
+    seconds = time.perf_counter() - started
+    return seconds, time.process_time() + _cpu_seconds(workers) - cpu
 
 
 _Threads = concurrent.futures.ThreadPoolExecutor
@@ -355,7 +357,6 @@ def run_decode_limit(root: Path) -> dict[str, Any]:
     return {
         "images": len(files),
         "seconds": best,
-        # Summed over the tasks (per-thread CPU clocks): the decode work alone, no pool costs.
         "cpu_seconds": threads_cpu if threads_s <= processes_s else processes_cpu,
         "dtype": "uint8",
         "executor": "threads" if threads_s <= processes_s else "processes",
@@ -370,75 +371,49 @@ def run_decode_limit(root: Path) -> dict[str, Any]:
 # --- GCS emulators and the proxy --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _emulator_command() -> str:
-    beside = Path(sys.executable).parent / "gcp-storage-emulator"
-    found = str(beside) if beside.exists() else shutil.which("gcp-storage-emulator")
-    if not found:
-        raise RuntimeError("gcp-storage-emulator is not installed: pip install -e '.[dev]'")
-    return found
-
-
-def _wait_http(url: str, proc: subprocess.Popen, *, what: str, timeout_s: float = 60) -> None:
+def _start_proxy(
+    stack: contextlib.ExitStack, *, upstreams: list[str], latency_ms: float
+) -> tuple[subprocess.Popen, str]:
+    """`python -m trainer.bench proxy` as a child process; (process, URL) once it answers."""
     import requests
 
-    deadline = time.monotonic() + timeout_s
+    from trainer.emulator import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.bench",
+            "proxy",
+            f"--port={port}",
+            f"--latency-ms={latency_ms}",
+            *(f"--upstream={u}" for u in upstreams),
+        ],
+    )
+    stack.callback(_stop, proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
+            raise RuntimeError(f"the latency proxy exited with {proc.returncode}")
         try:
             requests.get(url, timeout=1)
-            return
+            return proc, url
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not answer on {url} in {timeout_s:.0f} s")
+            raise RuntimeError(f"the latency proxy did not answer on {url} in 60 s")
         time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def _processes() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _start_emulator(data_dir: Path, procs: list[subprocess.Popen]) -> str:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != EMULATOR_ENV}
-    log_path = data_dir.parent / f"emulator-{len(procs)}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                _emulator_command(),
-                f"--data-dir={data_dir.resolve()}",  # it insists on an absolute path
-                "start",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--quiet",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    _wait_http(url, proc, what=f"gcp-storage-emulator (log: {log_path})")
-    return url
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def seed_gcs(root: Path) -> Path:
@@ -446,6 +421,7 @@ def seed_gcs(root: Path) -> Path:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
+    from trainer.emulator import Emulator
     from trainer.storage import Storage
 
     data_dir = root / "gcs"
@@ -458,8 +434,9 @@ def seed_gcs(root: Path) -> Path:
     logger.info("seeding the emulator data dir %s (once; reused later)", data_dir)
     started = time.perf_counter()
     saved = os.environ.get(EMULATOR_ENV)
-    with _processes() as procs:
-        url = _start_emulator(data_dir, procs)
+    # The emulator insists on an absolute --data-dir.
+    with Emulator(data_dir=str(data_dir.resolve())) as emulator:
+        url = emulator.url
         admin = gcs.Client(
             project="bench",
             credentials=AnonymousCredentials(),
@@ -485,24 +462,17 @@ def seed_gcs(root: Path) -> Path:
 @contextlib.contextmanager
 def _gcs_servers(data_dir: Path, *, workload: Workload) -> Iterator[tuple[str, list[int]]]:
     """K emulators on one data dir and a latency proxy in front; yields (proxy URL, pids)."""
-    with _processes() as procs:
-        upstreams = [_start_emulator(data_dir, procs) for _ in range(workload.emulators)]
-        port = _free_port()
-        proxy = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trainer.bench",
-                "proxy",
-                f"--port={port}",
-                f"--latency-ms={workload.latency_ms}",
-                *(f"--upstream={u}" for u in upstreams),
-            ],
+    from trainer.emulator import Emulator
+
+    with contextlib.ExitStack() as stack:
+        emulators = [
+            stack.enter_context(Emulator(data_dir=str(data_dir.resolve())))
+            for _ in range(workload.emulators)
+        ]
+        proxy, url = _start_proxy(
+            stack, upstreams=[e.url for e in emulators], latency_ms=workload.latency_ms
         )
-        procs.insert(0, proxy)  # stopped first
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(url, proxy, what="the latency proxy")
-        yield url, [p.pid for p in procs]
+        yield url, [proxy.pid, *(e.pid for e in emulators)]
 
 
 def serve_proxy(*, port: int, upstreams: list[str], latency_ms: float) -> None:

@@ -1,0 +1,106 @@
+"""The input benchmark runs end to end on a tiny workload; figures are never asserted.
+
+.venv/bin/pytest tests/test_bench.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import bench
+
+NAMES = {
+    "seed_sequence",
+    "tf_data",
+    "image_sequence_local",
+    "image_sequence_gcs_latency",
+    "decode_limit",
+}
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.bench", "input", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
+    # 40 images: one full batch of 32 for the article's Sequence (it drops the remainder).
+    proc = _bench(
+        "--images=40",
+        "--emulators=2",
+        "--latency-ms=5",
+        "--repeats=1",
+        f"--cache-dir={tmp_path / 'cache'}",
+        "--json",
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert set(doc) >= {"workload", "results", "peak_rss_mb"}
+    assert doc["workload"]["images"] == 40
+    assert doc["workload"]["latency_ms"] == 5
+    assert [r["name"] for r in doc["results"]] == list(bench.CONFIGS)
+    for r in doc["results"]:
+        assert r["images_per_s"] > 0, r
+        assert r["peak_rss_mb"] > 0, r
+    delivered = {r["name"]: r["images"] for r in doc["results"]}
+    assert delivered["seed_sequence"] == 32  # floor(40 / 32) batches, as in the article
+    assert delivered["tf_data"] == 40
+    # Every sample once; with replica_multiple=1 "pad" needs no repeats (batches of 32 and 8).
+    assert delivered["image_sequence_local"] == 40
+    assert delivered["image_sequence_gcs_latency"] == 40
+    assert delivered["decode_limit"] == 40
+    assert doc["peak_rss_mb"] == max(r["peak_rss_mb"] for r in doc["results"])
+    assert len(doc["targets"]) == 4
+    # The workload is cached: the images and the seeded emulator data dir stay for next time.
+    root = tmp_path / "cache" / "images-40_side-320-2048_q90_seed0"
+    assert (root / ".complete").exists() and (root / "gcs" / ".seeded").exists()
+
+
+def test_prepare_images_generates_once(tmp_path: Path) -> None:
+    workload = bench.Workload(images=3, source_size=64, latency_ms=0, emulators=1)
+    root = bench.prepare_images(workload, cache_root=tmp_path)
+    files = sorted(root.glob("images/*/*.jpg"))
+    assert len(files) == 3 and root.name == "images-3_side-64_q90_seed0"
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert bench.prepare_images(workload, cache_root=tmp_path) == root
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_targets_use_the_issue_thresholds() -> None:
+    results = [
+        {"name": "seed_sequence", "images_per_s": 10.0},
+        {"name": "tf_data", "images_per_s": 100.0},
+        {"name": "image_sequence_local", "images_per_s": 120.0},
+        {"name": "decode_limit", "images_per_s": 125.0},
+    ]
+    mixed = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=True)}
+    assert mixed == {
+        "image_sequence_local >= 1.5 x tf_data": False,
+        "image_sequence_local >= 0.9 x decode_limit": True,
+        "image_sequence_local >= 4 x seed_sequence": True,
+    }
+    fixed = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=False)}
+    assert fixed["image_sequence_local >= 1 x tf_data"] is True
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--only=image_sequence_local,nope", "unknown benchmark nope"), ("--images=0", "positive")],
+)
+def test_bad_flags_exit_2_with_one_line(flag: str, message: str, tmp_path: Path) -> None:
+    proc = _bench(flag, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
