@@ -312,8 +312,11 @@ def test_no_credentials_in_the_repository(row):
     )
     assert findings == []
     # The scanner finds what it looks for (a check that cannot fail is a defect).
-    planted = b'{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\nMII'
+    # (Assembled from pieces, so that this file does not itself hold a key-shaped string.)
+    planted = b'{"type": "service_account", "private_key": "' + b"-----BEGIN " + b"PRIVATE KEY"
+    planted += b"-----\\nMII"
     assert CREDENTIAL_PATTERNS["service-account JSON key"].search(planted)
+    assert CREDENTIAL_PATTERNS["private key block"].search(planted)
     assert CREDENTIAL_PATTERNS["AWS access key id"].search(b"id=AKIA" + b"ABCDEFGHIJKLMNOP ")
 
 
