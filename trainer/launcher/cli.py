@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from trainer.launcher.exitcodes import EXIT_CODE_HELP, LaunchError, LaunchExit
 from trainer.launcher.options import LaunchOptions, job_name, validate
@@ -75,8 +75,15 @@ def default_submitter(environ: Mapping[str, str]) -> str:
         return "unknown"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, in the launcher's log format, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"launch: ERROR {message} (see --help)\n")
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="launch.py",
         description="Render k8s/ for one training run, submit it, and follow it to the end. "
         f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -60,10 +61,20 @@ def connect(*, kubeconfig: str | None, context: str | None) -> client.ApiClient:
                 f"no kubeconfig at {path} and not running in a cluster: pass --kubeconfig",
                 LaunchExit.API_UNREACHABLE,
             )
-    except (ConfigException, OSError, ValueError, TypeError) as e:
+    except yaml.YAMLError as e:
         raise LaunchError(
-            f"kubeconfig {path}: {' '.join(str(e).split())}", LaunchExit.API_UNREACHABLE
+            f"kubeconfig {path}: not valid YAML ({' '.join(str(e).split())[:160]}); "
+            "fix the file or pass another --kubeconfig",
+            LaunchExit.API_UNREACHABLE,
         ) from e
+    except (ConfigException, OSError, ValueError, TypeError, AttributeError) as e:
+        detail = " ".join(str(e).split())
+        if isinstance(e, (TypeError, AttributeError)):
+            # The client indexes into what it parsed: a scalar or list where a mapping belongs.
+            detail = (
+                f"not a kubeconfig (expected a mapping with clusters, users, contexts; {detail})"
+            )
+        raise LaunchError(f"kubeconfig {path}: {detail}", LaunchExit.API_UNREACHABLE) from e
     # Fail fast on a dead server instead of urllib3's default retries with backoff.
     configuration.retries = urllib3.Retry(total=2, connect=2, read=0, backoff_factor=0.2)
     return client.ApiClient(configuration)
