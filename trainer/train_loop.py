@@ -24,6 +24,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -567,11 +568,16 @@ class _Run:
                 tf.errors.AbortedError,
             )
             if self.setup_.cluster.is_multi_worker and isinstance(e, lost):
-                first = (e.message or str(e)).strip().splitlines()[0][:200]
+                text = e.message or str(e)
+                dead = sorted(set(re.findall(r"/job:worker/replica:\d+/task:(\d+)", text)))
+                why = (
+                    f"worker(s) {', '.join(dead)} stopped sending heartbeats"
+                    if "heartbeat" in text and dead
+                    else f"{type(e).__name__}: {text.strip().splitlines()[-1][:160]}"
+                )
                 raise PeerLostError(
-                    f"worker {self.setup_.cluster.task_index}: lost contact with a peer worker "
-                    f"({type(e).__name__}: {first}); restart the job, it resumes from the last "
-                    "checkpoint"
+                    f"worker {self.setup_.cluster.task_index}: lost contact with a peer ({why}); "
+                    "restart the job, it resumes from the last checkpoint"
                 ) from None
             raise
 
