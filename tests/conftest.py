@@ -22,82 +22,28 @@ Fixtures:
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from trainer.emulator import EMULATOR_ENV, Emulator
 from trainer.httpproxy import FaultProxy
-
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _emulator_command() -> str:
-    # The console script sits next to the interpreter running the tests (.venv/bin).
-    beside = Path(sys.executable).parent / "gcp-storage-emulator"
-    found = str(beside) if beside.exists() else shutil.which("gcp-storage-emulator")
-    if not found:
-        pytest.fail("gcp-storage-emulator is not installed: pip install -e '.[dev]'")
-    return found
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def gcs_emulator() -> Iterator[str]:
     """Start gcp-storage-emulator on a free port; yield its base URL; stop it at the end."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    env = {k: v for k, v in os.environ.items() if k != EMULATOR_ENV}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                _emulator_command(),
-                "start",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--in-memory",
-                "--quiet",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gcp-storage-emulator exited with {proc.returncode}: see {log_path}")
-            try:
-                if requests.get(url, timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gcp-storage-emulator did not answer on {url} in 30 s: {log_path}")
-            time.sleep(0.1)
-        yield url
+        emulator = Emulator().start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield emulator.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        emulator.stop()
 
 
 @pytest.fixture
