@@ -208,3 +208,56 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--data" in lines[0] and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60  # a hang guard, not a speed assertion
+
+
+def test_initial_weights_from_a_previous_run(shapes, tmp_path):
+    first = run_trainer(
+        "--data",
+        str(shapes),
+        "--output",
+        str(tmp_path / "a"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        *COMMON,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_trainer(
+        "--data",
+        str(shapes),
+        "--output",
+        str(tmp_path / "b"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-steps-per-epoch",
+        "1",
+        "--learning-rate",
+        "1e-9",
+        "--init-weights",
+        str(tmp_path / "a" / "model.keras"),
+        *COMMON,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "initial weights loaded from" in second.stderr
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["final"]["val_accuracy"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["final"]["val_accuracy"]
+    assert b == pytest.approx(a, abs=0.05), "one near-zero step keeps what was learned"
+    wrong = run_trainer(
+        "--data",
+        str(shapes),
+        "--output",
+        str(tmp_path / "c"),
+        "--epochs",
+        "1",
+        "--model",
+        "mobilenet_v3_small",
+        "--image-size",
+        "32",
+        "--init-weights",
+        str(tmp_path / "a" / "model.keras"),
+    )
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: --init-weights")
