@@ -25,7 +25,7 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2,<4'
 	touch $@
 
-test: install tools
+test: install tools lint
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m "not full"
 
 # The whole reliability suite, fast and full parts; rewrites docs/reliability.md from its rows.
