@@ -339,9 +339,18 @@ class TrainConfig:
         help="dtype of the batches fed to the model; uint8 moves 4x fewer bytes to the device",
         group="Input pipeline",
     )
-    fetch_threads: int = _opt(
-        32,
-        help="threads fetching and decoding images in parallel",
+    fetch_threads: int | None = _opt(
+        None,
+        help="threads fetching images in parallel (default: 32 for gs://, which hides "
+        "latency; 2 per CPU core for local files, where more only contend)",
+        group="Input pipeline",
+        ge=1,
+        le=512,
+        metavar="N",
+    )
+    decode_threads: int | None = _opt(
+        None,
+        help="at most this many images decode at once (default: one per CPU core)",
         group="Input pipeline",
         ge=1,
         le=512,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import re
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -47,17 +48,17 @@ JPEG_BACKEND = "simplejpeg" if simplejpeg is not None else "pillow"
 
 REASONS = ("empty", "not_an_image", "truncated", "too_large", "unsupported_format", "corrupt")
 
-_BILINEAR = Image.Resampling.BILINEAR
 _EXIF_ORIENTATION = 0x0112
-# EXIF orientation → the transpose that puts the picture upright (as ImageOps.exif_transpose).
+# EXIF orientation → the transpose that puts the picture upright (as ImageOps.exif_transpose),
+# on the (height, width[, channels]) array: views, no copy.
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+    2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+    3: lambda a: a[::-1, ::-1],  # ROTATE_180
+    4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+    5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+    6: lambda a: np.rot90(a, -1),  # ROTATE_270
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # TRANSVERSE
+    8: lambda a: np.rot90(a, 1),  # ROTATE_90
 }
 _SWAPS_AXES = frozenset((5, 6, 7, 8))
 # Magic numbers of formats we expect; a file starting with one is damaged, not "not an image".
@@ -98,26 +99,86 @@ def decode_image(
     height, width = _check_args(size, dtype, max_pixels)
     if not data:
         raise ImageDecodeError("empty", "the file is empty (0 bytes)")
-    img = _open(data)
-    try:
-        w, h = img.size
-        if w * h > max_pixels:
-            raise ImageDecodeError(
-                "too_large",
-                f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
-                "(a decompression bomb, or raise max_pixels)",
-            )
-        if w < 1 or h < 1:
-            raise ImageDecodeError("corrupt", f"image header declares an empty size {w}x{h}")
-        rgb_or_l = _decode_to_target(img, data, width, height)
-    finally:
-        img.close()
-    out = np.asarray(rgb_or_l)
+    out = None
+    if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
+        out = _decode_jpeg_fast(data, width, height, max_pixels)
+    if out is None:
+        img = _open(data)
+        try:
+            w, h = img.size
+            _check_pixels(w, h, max_pixels)
+            out = _decode_to_target(img, data, width, height)
+        finally:
+            img.close()
     if out.ndim == 2:  # greyscale was resized on one channel; spread it to three now
         out = np.repeat(out[:, :, None], 3, axis=2)
     if dtype == "float32":
         return np.multiply(out, np.float32(1 / 255), dtype=np.float32)
-    return out
+    return np.ascontiguousarray(out)
+
+
+def _check_pixels(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            "too_large",
+            f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} "
+            "(a decompression bomb, or raise max_pixels)",
+        )
+    if w < 1 or h < 1:
+        raise ImageDecodeError("corrupt", f"image header declares an empty size {w}x{h}")
+
+
+def _decode_jpeg_fast(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray | None:
+    """The common case, a YCbCr or greyscale JPEG, without Pillow: header, DCT-scaled decode
+    and resize are each one C call that releases the GIL. None hands the file to the full path
+    (CMYK, anything the header parser refuses, any decode error to be classified there)."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray", "RGB"):
+        return None
+    _check_pixels(w, h, max_pixels)
+    orientation = _jpeg_orientation(data)
+    tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if colorspace == "Gray" else "RGB",
+            min_height=th,
+            min_width=tw,
+            strict=True,  # raise on "corrupt data" warnings instead of decoding garbage
+        )
+    except ValueError:
+        return None
+    return _resize_upright(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, tw, th, orientation)
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    # Only files with an EXIF block (APP1, near the start) pay for Pillow's header parser.
+    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _orientation(img)
+    except Exception:  # a damaged header: the decode itself will tell
+        return 1
+
+
+def _resize_upright(pixels: np.ndarray, tw: int, th: int, orientation: int) -> np.ndarray:
+    """Resize (height, width[, 3]) `pixels` to (th, tw), then apply the EXIF orientation."""
+    h, w = pixels.shape[:2]
+    if (w, h) != (tw, th):
+        # Bilinear like Keras; when an axis shrinks 2x or more (PNGs, no DCT scaling, or
+        # EXIF-rotated shapes) area averaging, so that no detail aliases. OpenCV releases the
+        # GIL for the whole resize.
+        shrink = (w >= 2 * tw or h >= 2 * th) and w >= tw and h >= th
+        pixels = cv2.resize(
+            pixels, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
+    if orientation in _TRANSPOSE:
+        pixels = _TRANSPOSE[orientation](pixels)
+    return pixels
 
 
 def _check_args(size: tuple[int, int], dtype: str, max_pixels: int) -> tuple[int, int]:
@@ -148,8 +209,8 @@ def _open(data: bytes) -> Image.Image:
         raise _load_error(e) from None
 
 
-def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) -> Image.Image:
-    """Decode pixels and return an "L" or "RGB" image of exactly width x height, upright."""
+def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) -> np.ndarray:
+    """Decode pixels to an (height, width) or (height, width, 3) uint8 array, upright."""
     is_jpeg = img.format in ("JPEG", "MPO")
     # For JPEG the EXIF block is parsed with the header; other formats may keep it after the
     # pixels (PNG eXIf), so they are read after loading.
@@ -163,10 +224,9 @@ def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) ->
                 colorspace="GRAY" if img.mode == "L" else "RGB",
                 min_height=th,
                 min_width=tw,
-                strict=True,  # raise on "corrupt data" warnings instead of decoding garbage
+                strict=True,
             )
-            # GRAY comes back as (h, w, 1); Pillow wants (h, w) for "L".
-            small = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+            pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
         else:
             if is_jpeg:
                 img.draft("RGB", (tw, th))  # DCT scaling; keeps both sides >= the target
@@ -174,9 +234,8 @@ def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) ->
             if not is_jpeg:
                 orientation = _orientation(img)
                 tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
-            small = _to_l_or_rgb(img)
-        if small.size != (tw, th):
-            small = small.resize((tw, th), _BILINEAR)
+            pixels = np.asarray(_to_l_or_rgb(img))
+        return _resize_upright(pixels, tw, th, orientation)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -185,9 +244,6 @@ def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) ->
         raise ImageDecodeError("too_large", "out of memory decoding the image") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
         raise _load_error(e) from None
-    if orientation in _TRANSPOSE:
-        small = small.transpose(_TRANSPOSE[orientation])
-    return small
 
 
 def _orientation(img: Image.Image) -> int:

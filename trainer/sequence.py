@@ -19,8 +19,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -32,7 +34,7 @@ from trainer.dataset import DatasetIndex
 from trainer.decode import ImageDecodeError, decode_image
 from trainer.errors import DataError, StorageNotFoundError
 from trainer.sampling import BatchPlan
-from trainer.storage import Storage
+from trainer.storage import Storage, is_gcs
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,13 @@ CORRUPT_POLICIES = ("skip", "fail")
 DTYPES = ("uint8", "float32")
 # A batch made only of unreadable objects after this many draws means the data is broken.
 _MAX_REPLACEMENT_ATTEMPTS = 16
+
+
+def default_fetch_threads(uris: Sequence[str]) -> int:
+    """32 threads hide object-store latency; local files need only a couple per core."""
+    if any(is_gcs(u) for u in uris[:1000]):
+        return 32
+    return 2 * (os.cpu_count() or 1)
 
 
 class ImageSequence(keras.utils.PyDataset):
@@ -60,7 +69,8 @@ class ImageSequence(keras.utils.PyDataset):
         shard_index: int = 0,
         shard_count: int = 1,
         on_corrupt: str = "skip",
-        fetch_threads: int = 32,
+        fetch_threads: int | None = None,
+        decode_threads: int | None = None,
         prefetch_batches: int = 4,
         cache: ByteCache | None = None,
         counters: Counters | None = None,
@@ -90,6 +100,8 @@ class ImageSequence(keras.utils.PyDataset):
             remainder=remainder,
             shuffle=shuffle,
         )
+        if fetch_threads is None:
+            fetch_threads = default_fetch_threads(index.uris)
         self.storage = storage if storage is not None else Storage(concurrency=fetch_threads)
         self.cache = cache
         self.counters = counters if counters is not None else Counters()
@@ -100,6 +112,9 @@ class ImageSequence(keras.utils.PyDataset):
         self.epochs = epochs
         self.max_batches = max_batches
         self.fetch_threads = fetch_threads
+        # Many threads hide object-store latency, but more decoders than cores only fight over
+        # the GIL and the caches: decoding takes one of `decode_threads` slots.
+        self._decode_slots = threading.BoundedSemaphore(decode_threads or os.cpu_count() or 1)
         self.prefetch_batches = prefetch_batches
         self._labels = np.asarray(index.labels, dtype=np.int32)
         self._lock = threading.Lock()
@@ -263,6 +278,10 @@ class ImageSequence(keras.utils.PyDataset):
         return data
 
     def _decode(self, data: bytes) -> np.ndarray:
+        with self._decode_slots:
+            return self._decode_now(data)
+
+    def _decode_now(self, data: bytes) -> np.ndarray:
         started = time.perf_counter()
         try:
             return decode_image(

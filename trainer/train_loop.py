@@ -103,7 +103,7 @@ class _Run:
         self.stop = _StopFlag()
         self.storage = Storage(
             # The training and validation Sequences each run `fetch_threads` readers.
-            concurrency=2 * config.fetch_threads,
+            concurrency=2 * (config.fetch_threads or 32),
             deadline_s=config.storage_deadline_s,
             request_timeout_s=config.request_timeout_s,
             counters=self.counters,
@@ -168,6 +168,7 @@ class _Run:
             seed=config.seed,
             on_corrupt=config.on_corrupt,
             fetch_threads=config.fetch_threads,
+            decode_threads=config.decode_threads,
             prefetch_batches=config.prefetch_batches,
             cache=cache,
             counters=self.counters,
