@@ -154,9 +154,23 @@ def _decode_jpeg_fast(data: bytes, width: int, height: int, max_pixels: int) -> 
     return _resize_upright(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, tw, th, orientation)
 
 
+def _has_exif(data: bytes) -> bool:
+    """Whether the JPEG has an APP1 "Exif" segment: a walk over the leading APPn/COM markers
+    (a few steps, where searching the bytes would scan up to 64 KiB holding the GIL)."""
+    pos = 2  # after SOI
+    while pos + 10 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            return True
+        if not (0xE0 <= marker <= 0xEF or marker == 0xFE):
+            return False  # past the application segments: DQT, SOF, ...
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
 def _jpeg_orientation(data: bytes) -> int:
-    # Only files with an EXIF block (APP1, near the start) pay for Pillow's header parser.
-    if data.find(b"Exif\x00\x00", 0, 1 << 16) < 0:
+    # Only files with an EXIF block pay for Pillow's header parser.
+    if not _has_exif(data):
         return 1
     try:
         with Image.open(io.BytesIO(data)) as img:
