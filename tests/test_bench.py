@@ -62,7 +62,9 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     assert delivered["image_sequence_local"] == 40
     assert delivered["image_sequence_gcs_latency"] == 40
     assert delivered["decode_limit"] == 40
-    assert doc["peak_rss_mb"] == max(r["peak_rss_mb"] for r in doc["results"])
+    # The largest of the benchmark processes: the configurations' and the parent's own (which
+    # generates the workload, and may be the largest).
+    assert doc["peak_rss_mb"] >= max(r["peak_rss_mb"] for r in doc["results"])
     assert len(doc["targets"]) == 4
     # The workload is cached: the images and the seeded emulator data dir stay for next time.
     root = tmp_path / "cache" / "images-40_side-320-2048_q90_seed0"
