@@ -11,6 +11,9 @@ Fixtures:
                     bucket name.
   gcs_upload_tree   callable (local_dir, "gs://bucket/prefix") -> list of uploaded URIs; puts a
                     local folder tree under a prefix with the admin client.
+  rendered          (session) {overlay or "rbac": Path} of every k8s/ rendering (kubectl kustomize).
+  api, kubeconfig   the Kubernetes API test server (tests/kube_api_server.py) and a kubeconfig
+                    file pointing the real client at it.
   fault_proxy       factory: fault_proxy(**FaultProxy options, set_env=False) starts a FaultProxy
                     in front of the emulator and closes it after the test; with set_env=True it
                     also points STORAGE_EMULATOR_HOST at the proxy.
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kube_api_server import KubeApiServer
+from toolbox import render_all
 
 from trainer.emulator import EMULATOR_ENV, Emulator
 from trainer.httpproxy import FaultProxy
@@ -113,3 +118,20 @@ def fault_proxy(
     yield start
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """What users apply: every overlay and k8s/rbac (k8s/namespace is a part of both)."""
+    return render_all(tmp_path_factory.mktemp("rendered"))
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api: KubeApiServer, tmp_path: Path) -> Path:
+    return api.write_kubeconfig(tmp_path / "kubeconfig")

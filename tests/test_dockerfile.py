@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from toolbox import checkov_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -79,13 +80,6 @@ def test_hadolint_clean_at_warning_level():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def checkov_bin() -> str:
-    path = os.environ.get("CHECKOV") or str(ROOT / ".tools/checkov/bin/checkov")
-    if not Path(path).exists():
-        pytest.fail(f"checkov not found at {path}: run `make tools`")
-    return path
 
 
 def test_checkov_dockerfile_has_no_failed_checks():

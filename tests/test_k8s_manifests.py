@@ -10,41 +10,26 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from toolbox import (
+    BIN,
+    K8S,
+    KUBECTL,
+    OLDEST_K8S,
+    OVERLAYS,
+    by_kind,
+    checkov_bin,
+    docs_of,
+    kustomize,
+)
 
 from trainer.launcher.cli import launch
 from trainer.launcher.options import LABEL_PREFIX
-
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
-BIN = Path(sys.executable).parent
-KUBECTL = str(BIN / "kubectl")
-OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
-# Targets: the oldest Kubernetes the manifests support, and the newest the validator knows.
-OLDEST_K8S = "1.31.0"
-
-
-def kustomize(path: Path) -> str:
-    result = subprocess.run(
-        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def docs_of(text: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def newest_validator_version() -> str:
@@ -64,26 +49,8 @@ def validate_strict(path: Path, version: str) -> None:
     assert "passed" in result.stdout
 
 
-def checkov_bin() -> str:
-    path = os.environ.get("CHECKOV") or str(ROOT / ".tools/checkov/bin/checkov")
-    if not Path(path).exists():
-        pytest.fail(f"checkov not found at {path}: run `make tools`")
-    return path
-
-
 def test_overlays_exist():
     assert {"gke", "multi-worker", "gke-multi-worker", "kueue"} <= set(OVERLAYS)
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("rendered")
-    paths = {}
-    for name in [*OVERLAYS, "rbac"]:
-        source = K8S / "rbac" if name == "rbac" else K8S / "overlays" / name
-        paths[name] = out / f"{name}.yaml"
-        paths[name].write_text(kustomize(source))
-    return paths
 
 
 @pytest.mark.parametrize("version", [OLDEST_K8S, "newest"])

@@ -32,17 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 
 
-@pytest.fixture
-def api():
-    with KubeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api, tmp_path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
-
-
 def run(kubeconfig: Path, *extra: str, overlay: str = "gke") -> tuple[int, str]:
     out = io.StringIO()
     code = launch(

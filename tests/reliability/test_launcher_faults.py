@@ -80,17 +80,6 @@ def one_error_line(result: Launch, *, allow_usage: bool = False) -> None:
         assert line.startswith(("launch: INFO ", "launch: WARNING ")) or usage, result.stderr
 
 
-@pytest.fixture
-def api():
-    with KubeApiServer() as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api, tmp_path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig")
-
-
 # --- API-side faults ---------------------------------------------------------------------------
 
 

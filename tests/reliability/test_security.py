@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
 from kube_api_server import KubeApiServer, terminated_status, unschedulable_status
 from test_dockerfile import DOCKERFILE, parse_dockerfile
-from test_k8s_manifests import K8S, OVERLAYS, by_kind, checkov_bin, docs_of, kustomize
+from toolbox import OVERLAYS, by_kind, checkov_bin, docs_of
 
 from trainer.launcher.cli import launch
 from trainer.launcher.options import LABEL_VALUE, LaunchOptions, label_value
@@ -49,18 +48,6 @@ CREDENTIAL_PATTERNS = {
     "GCP OAuth client secret": re.compile(rb"\bGOCSPX-[0-9A-Za-z_\-]{28}\b"),
 }
 KEY_FILE_SUFFIXES = (".pem", ".p12", ".pfx", ".key", ".jks", ".keystore")
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("rendered")
-    paths = {}
-    # What users apply: the overlays and k8s/rbac (k8s/namespace is a part of both).
-    for name in [*OVERLAYS, "rbac"]:
-        source = K8S / "rbac" if name == "rbac" else K8S / "overlays" / name
-        paths[name] = out / f"{name}.yaml"
-        paths[name].write_text(kustomize(source))
-    return paths
 
 
 def _checkov(*args: str) -> dict:
