@@ -261,3 +261,29 @@ def test_initial_weights_from_a_previous_run(shapes, tmp_path):
     )
     assert wrong.returncode == 2, wrong.stderr[-2000:]
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: --init-weights")
+
+
+def test_quality_gate_miss_exits_3_with_outputs_but_no_blessed(shapes, tmp_path):
+    out = tmp_path / "gate"
+    proc = run_trainer(
+        "--data",
+        str(shapes),
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-steps-per-epoch",
+        "1",
+        "--min-val-accuracy",
+        "0.999",
+        *COMMON,
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --min-val-accuracy 0.999: validation accuracy")
+    assert (out / "model.keras").exists() and (out / "_SUCCESS").exists()
+    assert not (out / "BLESSED").exists()
+    gate = json.loads((out / "metrics.json").read_text())["quality_gate"]
+    assert gate["passed"] is False and gate["val_accuracy"] < 0.999
