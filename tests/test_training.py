@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from trainer.emulator import free_port
 from trainer.synthetic import write_learnable_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trainer_cmd(*args: str) -> list[str]:
@@ -108,7 +102,7 @@ def test_two_replicas_learn_from_gcs_and_write_every_output(
 
 
 def test_two_workers_stay_in_sync_and_each_reads_half(shapes, tmp_path):
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]
     out = tmp_path / "out"
     procs = []

@@ -23,7 +23,6 @@ import functools
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from trainer.emulator import free_port
 from trainer.httpproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +64,6 @@ def _png(colour: tuple[int, int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), colour).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +128,7 @@ def world(tmp_path_factory, gcs_emulator):
         "good": str(good),
         "emulator": gcs_emulator,
         "proxy": proxy.url,
-        "closed": f"http://127.0.0.1:{_free_port()}",
+        "closed": f"http://127.0.0.1:{free_port()}",
         **names,
     }
     proxy.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ import time
 import pytest
 from trainer_runs import command
 
+from trainer.emulator import free_port
 from trainer.synthetic import write_learnable_dataset
 
 AREA = "Multi-worker faults"
@@ -38,12 +38,6 @@ ARGS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("mw-data")
@@ -52,7 +46,7 @@ def data(tmp_path_factory):
 
 
 def start_pair(data, out, faults=("", "")):
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
     for index in range(2):
         env = {
