@@ -163,6 +163,7 @@ def make_strategy(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
         )
 
+    kind = "GPU" if gpus else "CPU"
     if cluster.is_multi_worker:
         if cluster.tf_config:
             os.environ["TF_CONFIG"] = cluster.tf_config
@@ -174,8 +175,10 @@ def make_strategy(
         )
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     else:
-        kind = "GPU" if gpus else "CPU"
-        devices = [d.name for d in tf.config.list_logical_devices(kind)]
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
-    devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+        strategy = tf.distribute.MirroredStrategy(
+            devices=[d.name for d in tf.config.list_logical_devices(kind)]
+        )
+    # Listed after the strategy starts: under MultiWorkerMirroredStrategy this includes the
+    # other workers' devices.
+    devices = [d.name for d in tf.config.list_logical_devices(kind)]
     return StrategySetup(strategy=strategy, cluster=cluster, devices=devices, gpus=len(gpus))
