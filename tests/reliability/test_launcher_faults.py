@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from kube_api_server import KubeApiServer, status_body, unschedulable_status
 
-from trainer.launcher.exitcodes import LaunchExit
+from streamtrain_launcher.exitcodes import LaunchExit
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = str(Path(sys.executable).parent / "kubectl")

@@ -25,8 +25,8 @@ from kube_api_server import KubeApiServer, terminated_status, unschedulable_stat
 from test_dockerfile import DOCKERFILE, parse_dockerfile
 from toolbox import OVERLAYS, by_kind, checkov_bin, docs_of
 
-from trainer.launcher.cli import launch
-from trainer.launcher.options import LABEL_VALUE, LaunchOptions, label_value
+from streamtrain_launcher.cli import launch
+from streamtrain_launcher.options import LABEL_VALUE, LaunchOptions, label_value
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

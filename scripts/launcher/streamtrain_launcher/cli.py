@@ -21,14 +21,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from trainer.launcher.exitcodes import EXIT_CODE_HELP, LaunchError, LaunchExit
-from trainer.launcher.options import LaunchOptions, job_name, validate
-from trainer.launcher.render import find_kubectl, render, to_yaml
+from streamtrain_launcher.exitcodes import EXIT_CODE_HELP, LaunchError, LaunchExit
+from streamtrain_launcher.options import LaunchOptions, job_name, validate
+from streamtrain_launcher.render import find_kubectl, render, to_yaml
 
 logger = logging.getLogger("streamtrain.launch")
 
 ENV_PREFIX = "LAUNCH_"
-DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "k8s"
+# The wheel ships k8s/ as package data; in a checkout it is a link to the repository's k8s/.
+DEFAULT_MANIFESTS = Path(__file__).resolve().parent / "k8s"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
@@ -206,8 +207,8 @@ def launch(
             out.write(to_yaml(docs))
             return LaunchExit.OK
         # Imported here: --dry-run and --help need no API client.
-        from trainer.launcher.follow import follow_job
-        from trainer.launcher.kube import connect, submit
+        from streamtrain_launcher.follow import follow_job
+        from streamtrain_launcher.kube import connect, submit
 
         api = connect(kubeconfig=args.kubeconfig, context=args.context)
         with api:

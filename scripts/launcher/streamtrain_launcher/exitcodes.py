@@ -3,22 +3,22 @@
     raise LaunchError("Job streamtrain-x: 409 AlreadyExists ...", LaunchExit.CONFLICT)
 
 The trainer's codes (trainer.errors.ExitCode) pass through unchanged; the launcher's start
-at 10 so that a CI step can tell "the training failed" from "the submission failed".
+at 10 so that a CI step can tell "the training failed" from "the submission failed". The
+launcher is installed without the trainer, so the shared codes are written out here;
+tests/test_launcher.py checks that they equal the trainer's.
 """
 
 from __future__ import annotations
 
 import enum
 
-from trainer.errors import ExitCode
-
 
 class LaunchExit(enum.IntEnum):
-    OK = ExitCode.OK
-    BAD_INPUT = ExitCode.BAD_INPUT  # a launcher flag, or the trainer's configuration or data
-    QUALITY_GATE = ExitCode.QUALITY_GATE
-    NO_GPU = ExitCode.NO_GPU
-    STORAGE_UNAVAILABLE = ExitCode.STORAGE_UNAVAILABLE
+    OK = 0
+    BAD_INPUT = 2  # a launcher flag, or the trainer's configuration or data
+    QUALITY_GATE = 3
+    NO_GPU = 4
+    STORAGE_UNAVAILABLE = 5
     JOB_FAILED = 10  # the Job ran out of retries (BackoffLimitExceeded) or failed otherwise
     JOB_DEADLINE = 11  # the Job ran past activeDeadlineSeconds (DeadlineExceeded)
     TIMEOUT = 12  # --timeout reached while waiting; the Job is left running

@@ -24,8 +24,8 @@ from typing import Any, TextIO
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from trainer.launcher.exitcodes import LaunchError, LaunchExit
-from trainer.launcher.kube import api_errors, translate
+from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
+from streamtrain_launcher.kube import api_errors, translate
 
 logger = logging.getLogger(__name__)
 

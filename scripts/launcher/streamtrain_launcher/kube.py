@@ -23,7 +23,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from trainer.launcher.exitcodes import LaunchError, LaunchExit
+from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
 
 logger = logging.getLogger(__name__)
 

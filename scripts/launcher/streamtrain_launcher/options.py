@@ -19,7 +19,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.launcher.exitcodes import LaunchError, LaunchExit
+from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
 
 # Indexed Job pods are named {job}-{index}-{5 random}, and their hostname {job}-{index} must
 # fit a DNS label (63): 50 leaves room for 12 digits of index.

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from trainer.launcher.exitcodes import LaunchError, LaunchExit
-from trainer.launcher.options import LaunchOptions, submission_annotations, submission_labels
+from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
+from streamtrain_launcher.options import LaunchOptions, submission_annotations, submission_labels
 
 PARAMS_CONFIGMAP = "trainer-params"
 KUSTOMIZE_TIMEOUT_S = 60
