@@ -42,10 +42,10 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python -m trainer.bench input
+	PYTHONPATH=tests $(BIN)/python -m support.bench input
 
 demo: install
-	$(BIN)/python -m trainer.demo
+	$(BIN)/python -m trainer.dev.demo
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .ruff_cache *.egg-info

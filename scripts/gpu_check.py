@@ -41,11 +41,11 @@ def main() -> int:
     import numpy as np
     import tensorflow as tf
 
-    from trainer.dataset import discover
-    from trainer.models import build_model
-    from trainer.sequence import ImageSequence
-    from trainer.storage import Storage
-    from trainer.synthetic import write_benchmark_images
+    from trainer.data.index import discover
+    from trainer.data.sequence import ImageSequence
+    from trainer.data.storage import Storage
+    from trainer.dev.synthetic import write_benchmark_images
+    from trainer.model.zoo import build_model
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

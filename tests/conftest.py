@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 from kube_api_server import KubeApiServer
+from support.httpproxy import FaultProxy
 from toolbox import render_all
 
-from trainer.emulator import EMULATOR_ENV, Emulator
-from trainer.httpproxy import FaultProxy
+from trainer.dev.emulator import EMULATOR_ENV, Emulator
 
 
 @pytest.fixture(scope="session")

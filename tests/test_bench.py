@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.trainer_runs import environ
 
 from trainer import bench
 
@@ -25,10 +26,11 @@ NAMES = {
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "trainer.bench", "input", *args],
+        [sys.executable, "-m", "support.bench", "input", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=environ(),
         timeout=600,
         check=False,
     )

@@ -1,6 +1,6 @@
 import os
 
-from trainer.cache import ByteCache
+from trainer.data.cache import ByteCache
 
 
 def test_get_put_and_lru_eviction_by_size(tmp_path):

@@ -5,12 +5,12 @@ import os
 import keras
 import numpy as np
 import pytest
+from support.faults import FaultPlan
 
-from trainer.checkpoint import Checkpointer
+from trainer.data.storage import Storage
 from trainer.errors import ConfigError
-from trainer.faults import FaultPlan
-from trainer.models import build_model
-from trainer.storage import Storage
+from trainer.model.zoo import build_model
+from trainer.train.checkpoint import Checkpointer
 
 
 def make(num_classes=3):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainer import cli
-from trainer.config import FIELDS, TrainConfig
+from trainer.config.fields import FIELDS, TrainConfig
 from trainer.errors import QualityGateError, StorageUnavailableError
 from trainer.logs import is_tty, setup_logging
 
@@ -148,14 +148,14 @@ def test_version() -> None:
 
 
 # --- Dispatch to the training loop -----------------------------------------------------------
-# The real trainer.train_loop imports TensorFlow and trains; these tests put a small module in
+# The real trainer.train.loop imports TensorFlow and trains; these tests put a small module in
 # its place to check how main() maps run()'s outcomes to exit codes.
 
 
 def install_run(monkeypatch: pytest.MonkeyPatch, run: Callable[[TrainConfig], int]) -> None:
-    module = types.ModuleType("trainer.train_loop")
+    module = types.ModuleType("trainer.train.loop")
     module.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainer.train_loop", module)
+    monkeypatch.setitem(sys.modules, "trainer.train.loop", module)
 
 
 @pytest.fixture

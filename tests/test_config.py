@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from trainer.config import (
+from trainer.config.fields import (
     FIELDS,
     MODELS,
     TrainConfig,
@@ -244,7 +244,7 @@ def test_models_constant_is_the_model_choice() -> None:
 def test_unknown_trainer_variable_warns_with_closest(
     caplog: pytest.LogCaptureFixture, data_dir: str, out: str
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="trainer.config"):
+    with caplog.at_level(logging.WARNING, logger="trainer.config.fields"):
         cfg = build_config(["--data", data_dir, "--output", out], env={"TRAINER_EPOCH": "3"})
     assert cfg.epochs == 10
     assert "TRAINER_EPOCH" in caplog.text and "did you mean TRAINER_EPOCHS" in caplog.text
@@ -519,7 +519,7 @@ def test_enough_distinct_bad_cases() -> None:
 def test_docs_match_the_field_table() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
     assert doc == config_markdown(), (
-        "docs/configuration.md is stale: run .venv/bin/python -m trainer.config > "
+        "docs/configuration.md is stale: run .venv/bin/python -m trainer.config.fields > "
         "docs/configuration.md"
     )
     for f in FIELDS:
@@ -532,7 +532,7 @@ def test_building_and_validating_does_not_import_tensorflow(data_dir: str, out: 
     # A fresh interpreter: this test process may have imported TensorFlow for other tests.
     code = (
         "import sys\n"
-        "from trainer.config import build_config\n"
+        "from trainer.config.fields import build_config\n"
         "from trainer.errors import ConfigError\n"
         f"cfg = build_config(['--data', {data_dir!r}, '--output', {out!r}], env={{}})\n"
         "try:\n"
@@ -559,7 +559,7 @@ def test_cache_dir_without_size_is_off_and_says_so(
     caplog: pytest.LogCaptureFixture, data_dir: str, out: str, tmp_path: Path
 ) -> None:
     cache = str(tmp_path / "cache")
-    with caplog.at_level(logging.INFO, logger="trainer.config"):
+    with caplog.at_level(logging.INFO, logger="trainer.config.fields"):
         cfg = build_config(["--data", data_dir, "--output", out], env={"TRAINER_CACHE_DIR": cache})
     assert cfg.cache_dir == cache and cfg.cache_size_mb == 0
     assert "image cache is off" in caplog.text

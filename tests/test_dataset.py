@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from trainer.dataset import DatasetIndex, discover, load_or_discover
+from trainer.data.index import DatasetIndex, discover, load_or_discover
+from trainer.data.storage import Storage
+from trainer.dev.synthetic import write_learnable_dataset
 from trainer.errors import DataError, StorageNotFoundError
-from trainer.storage import Storage
-from trainer.synthetic import write_learnable_dataset
 
 
 @pytest.fixture(scope="module")

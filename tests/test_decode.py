@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-from badimages import GRADIENT, QUADRANTS, Check, bad_image_cases
 from PIL import Image, ImageFile, ImageOps
+from support.badimages import GRADIENT, QUADRANTS, Check, bad_image_cases
 
-from trainer import decode
-from trainer.decode import REASONS, ImageDecodeError, decode_image
-from trainer.synthetic import natural_image
+from trainer.data import decode
+from trainer.data.decode import REASONS, ImageDecodeError, decode_image
+from trainer.dev.synthetic import natural_image
 
 CASES = bad_image_cases()
 # The corpus is checked at a non-square size, so swapped axes cannot pass by accident.

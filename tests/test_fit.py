@@ -12,11 +12,11 @@ SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from trainer.dataset import discover
-    from trainer.models import build_model
-    from trainer.sequence import ImageSequence
-    from trainer.storage import Storage
-    from trainer.synthetic import write_learnable_dataset
+    from trainer.data.index import discover
+    from trainer.model.zoo import build_model
+    from trainer.data.sequence import ImageSequence
+    from trainer.data.storage import Storage
+    from trainer.dev.synthetic import write_learnable_dataset
 
     root = sys.argv[1]
     write_learnable_dataset(root, classes=3, per_class=30, min_size=32, max_size=96, seed=1)

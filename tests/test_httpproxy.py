@@ -1,4 +1,4 @@
-"""trainer.httpproxy.FaultProxy in front of small real HTTP servers."""
+"""support.httpproxy.FaultProxy in front of small real HTTP servers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-
-from trainer.httpproxy import FaultProxy
+from support.httpproxy import FaultProxy
 
 
 def _upstream(name: str) -> ThreadingHTTPServer:

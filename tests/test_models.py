@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from trainer.config import MODELS
-from trainer.models import architectures, build_model
+from trainer.config.fields import MODELS
+from trainer.model.zoo import architectures, build_model
 
 
 def test_config_and_models_agree_on_the_names():

@@ -9,6 +9,7 @@ directory, so nothing of the checkout can stand in for what the wheel lacks.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Built from a copy: setuptools' in-tree build/ would keep modules that have since moved.
+SKIP = shutil.ignore_patterns(".git", ".venv", ".tools", "build", "*.egg-info", "__pycache__")
 # Shipped only under tests/: fault injection, bad-image and fault-plan factories, HTTP proxies.
 TEST_TOOLS = ("httpproxy", "faults", "badimages", "kube_api_server", "fault_plan")
 
@@ -34,13 +37,20 @@ def build_wheel(project: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trainer_wheel(tmp_path_factory) -> Path:
-    return build_wheel(ROOT, tmp_path_factory.mktemp("trainer-wheel"))
+def source(tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("source") / "streamtrain"
+    shutil.copytree(ROOT, copy, ignore=SKIP, symlinks=True)
+    return copy
 
 
 @pytest.fixture(scope="module")
-def launcher_wheel(tmp_path_factory) -> Path:
-    return build_wheel(ROOT / "scripts" / "launcher", tmp_path_factory.mktemp("launcher-wheel"))
+def trainer_wheel(source, tmp_path_factory) -> Path:
+    return build_wheel(source, tmp_path_factory.mktemp("trainer-wheel"))
+
+
+@pytest.fixture(scope="module")
+def launcher_wheel(source, tmp_path_factory) -> Path:
+    return build_wheel(source / "scripts" / "launcher", tmp_path_factory.mktemp("launcher-wheel"))
 
 
 def test_trainer_wheel_holds_the_trainer_and_no_test_tool_or_launcher(trainer_wheel):

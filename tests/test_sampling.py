@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from trainer.sampling import BatchPlan
+from trainer.data.sampling import BatchPlan
 
 
 def shards(n, count, **kw):

@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from trainer.cache import ByteCache
-from trainer.counters import Counters
-from trainer.dataset import discover
-from trainer.decode import decode_image
+from trainer.data.cache import ByteCache
+from trainer.data.counters import Counters
+from trainer.data.decode import decode_image
+from trainer.data.index import discover
+from trainer.data.sequence import ImageSequence
+from trainer.data.storage import Storage
+from trainer.dev.synthetic import write_learnable_dataset
 from trainer.errors import DataError
-from trainer.sequence import ImageSequence
-from trainer.storage import Storage
-from trainer.synthetic import write_learnable_dataset
 
 SIZE = (24, 24)
 

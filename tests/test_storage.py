@@ -1,4 +1,4 @@
-"""trainer.storage against a real gcp-storage-emulator (and the FaultProxy), and local paths."""
+"""trainer.data.storage against a real gcp-storage-emulator (and the FaultProxy), local paths."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 import requests
 from google.api_core import exceptions as api_exceptions
 
-from trainer.counters import Counters
+from trainer.data.counters import Counters
+from trainer.data.storage import Storage, is_gcs, join
 from trainer.errors import (
     ExitCode,
     StorageNotFoundError,
     StoragePermissionError,
     StorageUnavailableError,
 )
-from trainer.storage import Storage, is_gcs, join
 
 MEDIA = "alt=media"  # object downloads; listing and metadata stay unfaulted
 

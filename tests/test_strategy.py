@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from trainer.distribute.strategy import cluster_from_env
 from trainer.errors import ConfigError
-from trainer.strategy import cluster_from_env
 
 
 def test_single_worker_without_cluster_env():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.decode import decode_image
-from trainer.synthetic import (
+from trainer.data.decode import decode_image
+from trainer.dev.synthetic import (
     CLASS_NAMES,
     natural_image,
     write_benchmark_images,

@@ -8,34 +8,25 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from support.trainer_runs import command as trainer_cmd
+from support.trainer_runs import environ
 
-from trainer.emulator import free_port
-from trainer.synthetic import write_learnable_dataset
+from trainer.dev.emulator import free_port
+from trainer.dev.synthetic import write_learnable_dataset
 
 pytestmark = pytest.mark.slow
 
 
-def trainer_cmd(*args: str) -> list[str]:
-    # `timeout -k`: TF ignores SIGTERM while it waits for a multi-worker peer.
-    return ["timeout", "-k", "10", "300", sys.executable, "-m", "trainer", "train", *args]
-
-
 def run_trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        trainer_cmd(*args),
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
+        trainer_cmd(*args), capture_output=True, text=True, env=environ(env), check=False
     )
 
 
@@ -125,7 +116,7 @@ def test_two_workers_stay_in_sync_and_each_reads_half(shapes, tmp_path):
                     "0.2",
                     *COMMON,
                 ),
-                env={**os.environ, "TF_CONFIG": tf_config},
+                env=environ({"TF_CONFIG": tf_config}),
                 stderr=subprocess.PIPE,
                 text=True,
             )
@@ -167,7 +158,7 @@ def test_sigterm_mid_epoch_then_restart_reproduces_the_uninterrupted_run(shapes,
 
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        trainer_cmd(*args, "--output", str(out)), stderr=subprocess.PIPE, text=True
+        trainer_cmd(*args, "--output", str(out)), stderr=subprocess.PIPE, text=True, env=environ()
     )
     lines = []
     for line in proc.stderr:  # wait until training is well into epoch 1

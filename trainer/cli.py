@@ -19,9 +19,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trainer import config as config_module
+from trainer.config import fields as config_module
 from trainer.errors import ExitCode, TrainerError
 from trainer.logs import setup_logging
+from trainer.train.hooks import Hooks
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +59,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(namespace: argparse.Namespace) -> int:
+def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
     setup_logging(-1 if namespace.quiet else namespace.verbose)
     cfg = config_module.config_from_namespace(namespace, env=os.environ)
     # Imported here, after validation: it pulls in TensorFlow, which takes seconds.
-    from trainer.train_loop import run
+    from trainer.train.loop import run
 
-    return int(run(cfg))
+    return int(run(cfg, hooks=hooks))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> int:
+    """Run the command line; returns the process exit code. `hooks`: for tests only."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if namespace.command == "version":
             sys.stdout.write(f"streamtrain {_version()}\n")
             return ExitCode.OK
-        return _train(namespace)
+        return _train(namespace, hooks)
     except TrainerError as e:
         # One line, no traceback: the message says what to fix.
         message = " ".join(str(e).split()) or type(e).__name__

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support.httpproxy import FaultProxy
 
-from trainer.emulator import free_port
-from trainer.httpproxy import FaultProxy
+from trainer.dev.emulator import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The bound: a configuration mistake is reported within 10 s.

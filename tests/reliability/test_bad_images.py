@@ -18,15 +18,15 @@ import uuid
 
 import numpy as np
 import pytest
-from badimages import bad_image_cases
 from PIL import Image
+from support.badimages import bad_image_cases
 
-from trainer.counters import Counters
-from trainer.dataset import DatasetIndex, discover
-from trainer.decode import JPEG_BACKEND
+from trainer.data.counters import Counters
+from trainer.data.decode import JPEG_BACKEND
+from trainer.data.index import DatasetIndex, discover
+from trainer.data.sequence import ImageSequence
+from trainer.data.storage import Storage
 from trainer.errors import DataError
-from trainer.sequence import ImageSequence
-from trainer.storage import Storage
 
 SIZE = (32, 48)  # (height, width): not square, so a rotation would show
 BATCH = 8

@@ -6,17 +6,16 @@ workers then resume from the chief's checkpoint and finish in sync."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tempfile
 import time
 
 import pytest
-from trainer_runs import command
+from support.trainer_runs import command, environ
 
-from trainer.emulator import free_port
-from trainer.synthetic import write_learnable_dataset
+from trainer.dev.emulator import free_port
+from trainer.dev.synthetic import write_learnable_dataset
 
 AREA = "Multi-worker faults"
 pytestmark = pytest.mark.full
@@ -50,7 +49,7 @@ def start_pair(data, out, faults=("", "")):
     procs = []
     for index in range(2):
         env = {
-            **os.environ,
+            **environ(),
             "TF_CONFIG": json.dumps(
                 {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
             ),

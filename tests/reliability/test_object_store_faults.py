@@ -12,9 +12,9 @@ import re
 import subprocess
 
 import pytest
-from trainer_runs import command, metrics, run
+from support.trainer_runs import command, metrics, run
 
-from trainer.synthetic import write_learnable_dataset
+from trainer.dev.synthetic import write_learnable_dataset
 
 AREA = "Object-store faults"
 TRAIN_OBJECTS = 54  # 72 objects, 18 held out

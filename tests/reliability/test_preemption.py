@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from trainer_runs import metrics, run, run_until_done
+from support.trainer_runs import metrics, run, run_until_done
 
-from trainer.synthetic import write_learnable_dataset
+from trainer.dev.synthetic import write_learnable_dataset
 
 AREA = "Preemption"
 STEPS_PER_EPOCH = 9  # 36 training objects, global batch 4

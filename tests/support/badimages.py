@@ -126,7 +126,7 @@ def _quadrant_image(width: int = 64, height: int = 48, mode: str = "RGB") -> Ima
 
 def _photo_jpeg(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
     """A photo-like JPEG (not flat colour), so damage lands in real entropy-coded data."""
-    from trainer.synthetic import natural_image
+    from trainer.dev.synthetic import natural_image
 
     return _encode(
         natural_image(np.random.default_rng(seed), width=width, height=height), "JPEG", quality=90

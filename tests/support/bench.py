@@ -1,10 +1,10 @@
 """Input-pipeline benchmark: our ImageSequence against the article's Sequence, tf.data and decode.
 
-    python -m trainer.bench input                          # 2,000 mixed-size JPEGs, a table
-    python -m trainer.bench input --source-size 512 --json # all sources 512 px, one JSON object
-    python -m trainer.bench input --images 20000 --source-size 512 --only image_sequence_local
+    python -m support.bench input                          # 2,000 mixed-size JPEGs, a table
+    python -m support.bench input --source-size 512 --json # all sources 512 px, one JSON object
+    python -m support.bench input --images 20000 --source-size 512 --only image_sequence_local
 
-The workload (JPEGs, quality 90, photo-like content from `trainer.synthetic`) is generated once
+The workload (JPEGs, quality 90, photo-like content from `trainer.dev.synthetic`) is generated once
 under `.cache/bench/<params>/` and reused. Every configuration then runs in a process of its
 own, one after the other: it reads the same files, warms up on a small slice, then is timed over
 one full pass. Separate processes keep one configuration's threads, caches and memory (TensorFlow's
@@ -23,7 +23,7 @@ Configurations (batch 32, target 224x224 where batching applies):
 The emulator serves one request at a time, so one emulator behind a latency proxy would measure
 the emulator. K emulators started with the same `--data-dir` all serve the objects seeded once
 (each reads the object metadata when it starts and the object bytes from disk per request).
-The proxy runs in a process of its own (`python -m trainer.bench proxy`), as a real object store
+The proxy runs in a process of its own (`python -m support.bench proxy`), as a real object store
 would be elsewhere; the CPU time the emulators and the proxy use is reported, because on a small
 machine they compete with the pipeline for the same cores.
 """
@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainer.emulator import EMULATOR_ENV
+from trainer.dev.emulator import EMULATOR_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Workload:
     def describe(self, root: Path) -> dict[str, Any]:
         return {
             "images": self.images,
-            "format": f"JPEG quality {self.quality}, photo-like (trainer.synthetic)",
+            "format": f"JPEG quality {self.quality}, photo-like (trainer.dev.synthetic)",
             "source_longer_side_px": (
                 list(MIXED_SIDES) if self.source_size is None else self.source_size
             ),
@@ -118,7 +118,7 @@ class Workload:
 
 def prepare_images(workload: Workload, *, cache_root: Path) -> Path:
     """Generate the workload's JPEGs once; return its cache folder (images under `images/`)."""
-    from trainer import synthetic
+    from trainer.dev import synthetic
 
     root = cache_root / workload.key
     marker = root / ".complete"
@@ -147,8 +147,8 @@ def prepare_images(workload: Workload, *, cache_root: Path) -> Path:
 
 def _labelled_files(images_dir: Path) -> tuple[list[str], list[int]]:
     """Files and labels in the order (and with the class ids) of our discovery."""
-    from trainer.dataset import discover
-    from trainer.storage import Storage
+    from trainer.data.index import discover
+    from trainer.data.storage import Storage
 
     index = discover(str(images_dir), storage=Storage())
     return list(index.uris), list(index.labels)
@@ -262,8 +262,8 @@ def _cpu_seconds(pids: list[int]) -> float:
 def _run_image_sequence(
     data_uri: str, *, storage: Any, server_pids: list[int] | None = None
 ) -> dict[str, Any]:
-    from trainer.dataset import DatasetIndex, discover
-    from trainer.sequence import ImageSequence
+    from trainer.data.index import DatasetIndex, discover
+    from trainer.data.sequence import ImageSequence
 
     index = discover(data_uri, storage=storage)
     warm = _strided(list(zip(index.uris, index.labels, strict=True)), WARMUP_IMAGES)
@@ -303,13 +303,13 @@ def _run_image_sequence(
 
 
 def run_image_sequence_local(root: Path) -> dict[str, Any]:
-    from trainer.storage import Storage
+    from trainer.data.storage import Storage
 
     return _run_image_sequence(str((root / "images").resolve()), storage=Storage())
 
 
 def run_image_sequence_gcs_latency(root: Path, *, workload: Workload) -> dict[str, Any]:
-    from trainer.storage import Storage
+    from trainer.data.storage import Storage
 
     data_dir = seed_gcs(root)
     with _gcs_servers(data_dir, workload=workload) as (proxy_url, pids):
@@ -321,7 +321,7 @@ def run_image_sequence_gcs_latency(root: Path, *, workload: Workload) -> dict[st
 
 
 def _read_decode(path: str) -> None:
-    from trainer.decode import decode_image
+    from trainer.data.decode import decode_image
 
     with open(path, "rb") as f:
         data = f.read()
@@ -345,7 +345,7 @@ _Threads = concurrent.futures.ThreadPoolExecutor
 
 
 def run_decode_limit(root: Path) -> dict[str, Any]:
-    from trainer.decode import JPEG_BACKEND
+    from trainer.data.decode import JPEG_BACKEND
 
     files, _ = _labelled_files(root / "images")
     workers = os.cpu_count() or 1
@@ -374,17 +374,17 @@ def run_decode_limit(root: Path) -> dict[str, Any]:
 def _start_proxy(
     stack: contextlib.ExitStack, *, upstreams: list[str], latency_ms: float
 ) -> tuple[subprocess.Popen, str]:
-    """`python -m trainer.bench proxy` as a child process; (process, URL) once it answers."""
+    """`python -m support.bench proxy` as a child process; (process, URL) once it answers."""
     import requests
 
-    from trainer.emulator import free_port
+    from trainer.dev.emulator import free_port
 
     port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "trainer.bench",
+            "support.bench",
             "proxy",
             f"--port={port}",
             f"--latency-ms={latency_ms}",
@@ -421,8 +421,8 @@ def seed_gcs(root: Path) -> Path:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage as gcs
 
-    from trainer.emulator import Emulator
-    from trainer.storage import Storage
+    from trainer.data.storage import Storage
+    from trainer.dev.emulator import Emulator
 
     data_dir = root / "gcs"
     marker = data_dir / ".seeded"
@@ -462,7 +462,7 @@ def seed_gcs(root: Path) -> Path:
 @contextlib.contextmanager
 def _gcs_servers(data_dir: Path, *, workload: Workload) -> Iterator[tuple[str, list[int]]]:
     """K emulators on one data dir and a latency proxy in front; yields (proxy URL, pids)."""
-    from trainer.emulator import Emulator
+    from trainer.dev.emulator import Emulator
 
     with contextlib.ExitStack() as stack:
         emulators = [
@@ -477,7 +477,7 @@ def _gcs_servers(data_dir: Path, *, workload: Workload) -> Iterator[tuple[str, l
 
 def serve_proxy(*, port: int, upstreams: list[str], latency_ms: float) -> None:
     """Run a FaultProxy with latency only until SIGTERM/SIGINT."""
-    from trainer.httpproxy import FaultProxy
+    from support.httpproxy import FaultProxy
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -519,7 +519,7 @@ def run_worker(name: str, workload: Workload, *, cache_root: Path) -> dict[str, 
 
 
 def _run_in_process(name: str, extra_args: list[str]) -> dict[str, Any] | None:
-    cmd = [sys.executable, "-m", "trainer.bench", "input", f"--worker={name}", *extra_args]
+    cmd = [sys.executable, "-m", "support.bench", "input", f"--worker={name}", *extra_args]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         logger.error("benchmark %s failed (exit %d); see above", name, proc.returncode)
@@ -681,7 +681,7 @@ def _non_negative(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer.bench", description=__doc__.split("\n")[0]
+        prog="python -m support.bench", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="input")
     inp = sub.add_parser("input", help="benchmark the input pipelines")

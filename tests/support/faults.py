@@ -1,16 +1,13 @@
-"""Deterministic fault injection at named points of a run, for the reliability suite.
+"""Deterministic fault injection at the trainer's hook points, for the reliability suite.
 
 `STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
-run passes POINT, the process sends itself SIGNAL (TERM by default, or KILL). It is read once at
-start; unset (always, in production) every hook is a no-op.
+run reaches POINT, the process sends itself SIGNAL (TERM by default, or KILL). Only the test
+entry point `support.with_faults` reads it and hands the plan to the trainer as its hooks.
 
-    faults = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
-    ...
-    faults.hit("checkpoint_write")
+    plan = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
+    trainer.cli.main(["train", ...], hooks=plan)
 
-Points: `step` (after each training step), `epoch_end` (after an epoch's metrics), `eval`
-(as evaluation starts), `checkpoint_write` (between a checkpoint's weights and its COMMITTED
-marker), `export` (between `model.keras` and the SavedModel).
+Points: trainer.train.hooks.POINTS.
 """
 
 from __future__ import annotations
@@ -22,11 +19,11 @@ import signal
 from collections.abc import Mapping
 
 from trainer.errors import ConfigError
+from trainer.train.hooks import POINTS
 
 logger = logging.getLogger(__name__)
 
 ENV = "STREAMTRAIN_FAULT"
-POINTS = ("step", "epoch_end", "eval", "checkpoint_write", "export")
 _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 
 
@@ -55,7 +52,7 @@ class FaultPlan:
             logger.warning("fault injection armed: %s", spec)
         return cls(faults)
 
-    def hit(self, point: str) -> None:
+    def reached(self, point: str) -> None:
         if point not in self._faults:
             return
         self._hits[point] += 1

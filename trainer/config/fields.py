@@ -17,7 +17,7 @@ before the slow import.
 
 Regenerate the documentation after changing a field:
 
-    python -m trainer.config > docs/configuration.md
+    python -m trainer.config.fields > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -1084,8 +1084,8 @@ def config_markdown() -> str:
     out = [
         "# Configuration",
         "",
-        "<!-- Generated from the field table in trainer/config.py; do not edit by hand.",
-        "     Regenerate: .venv/bin/python -m trainer.config > docs/configuration.md -->",
+        "<!-- Generated from the field table in trainer/config/fields.py; do not edit by hand.",
+        "     Regenerate: .venv/bin/python -m trainer.config.fields > docs/configuration.md -->",
         "",
         "`python -m trainer train [options]` (or the `trainer train` console script) reads one",
         "typed configuration. Every option has a flag, an environment variable and a config-file",

@@ -1,6 +1,6 @@
 """Image bytes → fixed-size RGB array: the decode step of the input pipeline.
 
-    from trainer.decode import ImageDecodeError, decode_image
+    from trainer.data.decode import ImageDecodeError, decode_image
 
     try:
         x = decode_image(blob, size=(224, 224), dtype="float32")  # (224, 224, 3) in [0, 1]

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from trainer import storage as storage_lib
+from trainer.data import storage as storage_lib
+from trainer.data.storage import Storage
 from trainer.errors import DataError, StorageNotFoundError
-from trainer.storage import Storage
 
 logger = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from trainer.cache import ByteCache
-from trainer.counters import Counters
-from trainer.dataset import DatasetIndex
-from trainer.decode import ImageDecodeError, decode_image
+from trainer.data.cache import ByteCache
+from trainer.data.counters import Counters
+from trainer.data.decode import ImageDecodeError, decode_image
+from trainer.data.index import DatasetIndex
+from trainer.data.sampling import BatchPlan
+from trainer.data.storage import Storage, is_gcs
 from trainer.errors import DataError, StorageNotFoundError
-from trainer.sampling import BatchPlan
-from trainer.storage import Storage, is_gcs
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from google.api_core.retry import Retry
 from google.auth import exceptions as auth_exceptions
 from requests.adapters import HTTPAdapter
 
-from trainer.counters import Counters
+from trainer.data.counters import Counters
 from trainer.errors import (
     ConfigError,
     DataError,

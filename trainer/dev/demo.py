@@ -5,7 +5,7 @@ classes of shapes, JPEG and PNG of mixed sizes), trains `small_cnn` with Mirrore
 two logical CPU devices reading `gs://`, writes every output back to the bucket, and prints a
 summary: validation accuracy and where each output is.
 
-    python -m trainer.demo [--keep-running] [--epochs N]
+    python -m trainer.dev.demo [--keep-running] [--epochs N]
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import sys
 import tempfile
 import time
 
-from trainer.emulator import EMULATOR_ENV, Emulator
+from trainer.dev.emulator import EMULATOR_ENV, Emulator
 from trainer.logs import setup_logging
 
-logger = logging.getLogger("trainer.demo")
+logger = logging.getLogger("trainer.dev.demo")
 
 BUCKET = "streamtrain-demo"
 
 
 def _seed(storage, root: str, prefix: str) -> int:
-    from trainer.synthetic import write_learnable_dataset
+    from trainer.dev.synthetic import write_learnable_dataset
 
     write_learnable_dataset(
         root, classes=3, per_class=100, min_size=48, max_size=320, formats=("jpeg", "png"), seed=0
@@ -39,7 +39,7 @@ def _seed(storage, root: str, prefix: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trainer.demo",
+        prog="python -m trainer.dev.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[EMULATOR_ENV] = emulator.url
         from google.cloud import storage as gcs
 
-        from trainer.config import build_config
+        from trainer.config.fields import build_config
+        from trainer.data.storage import Storage
         from trainer.errors import TrainerError
-        from trainer.storage import Storage
 
         client = gcs.Client(project="streamtrain-demo")
         client.create_bucket(BUCKET)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             env={},
         )
-        from trainer.train_loop import run
+        from trainer.train.loop import run
 
         try:
             code = run(config)

@@ -9,7 +9,7 @@ Three things live here:
 - `write_benchmark_images` writes many large photo-like JPEGs for the input-pipeline benchmark.
 
     import numpy as np
-    from trainer import synthetic
+    from trainer.dev import synthetic
 
     img = synthetic.natural_image(np.random.default_rng(0), width=640, height=480)
     names = synthetic.write_learnable_dataset("/tmp/shapes", classes=3, per_class=40)

@@ -23,8 +23,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from trainer import storage as storage_lib
-from trainer.storage import Storage
+from trainer.data import storage as storage_lib
+from trainer.data.storage import Storage
 
 logger = logging.getLogger(__name__)
 

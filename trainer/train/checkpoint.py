@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer import storage as storage_lib
+from trainer.data import storage as storage_lib
+from trainer.data.storage import Storage
 from trainer.errors import ConfigError, StorageNotFoundError
-from trainer.storage import Storage
 
 logger = logging.getLogger(__name__)
 

@@ -34,16 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from trainer.cache import ByteCache
-from trainer.checkpoint import Checkpointer
-from trainer.counters import Counters
-from trainer.dataset import load_or_discover
+from trainer.data.cache import ByteCache
+from trainer.data.counters import Counters
+from trainer.data.index import load_or_discover
+from trainer.data.storage import Storage
+from trainer.distribute.strategy import StrategySetup, cluster_from_env, make_strategy
 from trainer.errors import ConfigError, DataError, PeerLostError, QualityGateError, TerminatedError
-from trainer.faults import FaultPlan
+from trainer.export.outputs import Outputs
 from trainer.logs import is_tty
-from trainer.outputs import Outputs
-from trainer.storage import Storage
-from trainer.strategy import StrategySetup, cluster_from_env, make_strategy
+from trainer.train.checkpoint import Checkpointer
+from trainer.train.hooks import Hooks, NoHooks
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _split(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts: int):
 class _Run:
     """State of one training run; `run()` below is the entry point."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, hooks: Hooks | None = None) -> None:
         self.config = config
         self.counters = Counters()
         self.stop = _StopFlag()
@@ -109,7 +109,7 @@ class _Run:
             counters=self.counters,
         )
         self.outputs = Outputs(config.output, storage=self.storage)
-        self.faults = FaultPlan.from_env(os.environ)
+        self.hooks = hooks or NoHooks()
         # An exception raised inside the input generator reaches the step as a bare TF error;
         # the original is kept here so the user sees its own message and exit code.
         self.input_error: BaseException | None = None
@@ -138,7 +138,7 @@ class _Run:
         if cluster.is_chief:
             self.storage.check_writable(self.outputs.root)
         # Keras (and so TensorFlow) loads only now: bad data fails above in a second.
-        from trainer.sequence import ImageSequence
+        from trainer.data.sequence import ImageSequence
 
         self.setup_ = make_strategy(
             cluster=cluster,
@@ -236,7 +236,7 @@ class _Run:
         import keras
         import tensorflow as tf
 
-        from trainer.models import build_model
+        from trainer.model.zoo import build_model
 
         config, setup = self.config, self.setup_
         # TF's Python logger narrates every collective it builds; keep `kubectl logs` readable.
@@ -424,7 +424,7 @@ class _Run:
             return {}
         import tensorflow as tf
 
-        self.faults.hit("eval")
+        self.hooks.reached("eval")
         iterator = iter(self._dataset(self._val_batches, with_weights=True))
         totals = self.evaluate_all(iterator, tf.constant(len(self.val_seq))).numpy()
         loss, correct, count = totals
@@ -445,7 +445,7 @@ class _Run:
             storage=self.storage,
             keep=config.keep_checkpoints,
             writer=cluster.is_chief,
-            before_commit=lambda: self.faults.hit("checkpoint_write"),
+            before_commit=lambda: self.hooks.reached("checkpoint_write"),
         )
         state = self.checkpointer.restore(model=self.model, optimizer=self.optimizer) or {}
         step = int(state.get("step", 0))
@@ -509,7 +509,7 @@ class _Run:
             totals = totals.numpy()
             step += steps
             for _ in range(steps):
-                self.faults.hit("step")
+                self.hooks.reached("step")
             acc += totals[:3]
             window["samples"] += totals[2]
             epoch_start["samples"] += totals[2]
@@ -525,7 +525,7 @@ class _Run:
             terminating = totals[4] > 0
             if index == self.steps_per_epoch:
                 history.append(self._end_epoch(epoch, acc, epoch_start, writer, tb_dir))
-                self.faults.hit("epoch_end")
+                self.hooks.reached("epoch_end")
                 acc[:] = 0
                 progbar = None
                 epoch_start = {
@@ -765,7 +765,7 @@ class _Run:
     def _export_model(self) -> None:
         # A fresh float32-free copy outside the strategy: export must not see distributed
         # variables, and the serving signature should not depend on how training was spread.
-        from trainer.models import build_model
+        from trainer.model.zoo import build_model
 
         clone = build_model(
             self.config.model,
@@ -775,7 +775,7 @@ class _Run:
         )
         clone.set_weights(self.model.get_weights())
         model_uri = self.outputs.save_keras(clone)
-        self.faults.hit("export")
+        self.hooks.reached("export")
         self.exported = {"model": model_uri, "saved_model": self.outputs.export_saved_model(clone)}
 
     def close(self) -> None:
@@ -784,9 +784,9 @@ class _Run:
                 seq.close()
 
 
-def run(config: Any) -> int:
+def run(config: Any, *, hooks: Hooks | None = None) -> int:
     """Trains as `config` says; returns the exit code (errors raise `TrainerError`)."""
-    job = _Run(config)
+    job = _Run(config, hooks)
     try:
         job.setup()
         job.build()

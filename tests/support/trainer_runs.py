@@ -1,4 +1,4 @@
-"""Helpers to run the trainer CLI as a subprocess, for the reliability suite."""
+"""Run the trainer CLI as a subprocess, with `STREAMTRAIN_FAULT` faults when a test sets it."""
 
 from __future__ import annotations
 
@@ -25,19 +25,34 @@ class Run:
         return [line for line in self.log.splitlines() if line.startswith("error:")]
 
 
+TESTS = Path(__file__).resolve().parents[1]
+
+
 def command(*args: str) -> list[str]:
     # `timeout -k`: TF ignores SIGTERM while it waits for a multi-worker peer.
-    return ["timeout", "-k", "10", "300", sys.executable, "-m", "trainer", "train", *args]
+    return [
+        "timeout",
+        "-k",
+        "10",
+        "300",
+        sys.executable,
+        "-m",
+        "support.with_faults",
+        "train",
+        *args,
+    ]
+
+
+def environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with tests/ importable (for `support.with_faults`)."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Run:
     started = time.monotonic()
     proc = subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **(env or {})},
+        command(*args), capture_output=True, text=True, check=False, env=environ(env)
     )
     return Run(proc.returncode, proc.stderr, time.monotonic() - started)
 

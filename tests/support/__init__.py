@@ -1,0 +1,1 @@
+"""Test support: fault injection, HTTP fault proxy, bad-image factory and the input benchmark."""
