@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import bench
 from support.trainer_runs import environ
-
-from trainer import bench
 
 NAMES = {
     "seed_sequence",
