@@ -148,14 +148,14 @@ def test_version() -> None:
 
 
 # --- Dispatch to the training loop -----------------------------------------------------------
-# The real trainer.train.loop imports TensorFlow and trains; these tests put a small module in
-# its place to check how main() maps run()'s outcomes to exit codes.
+# The real trainer.job imports TensorFlow and trains; these tests put a small module in its
+# place to check how main() maps run()'s outcomes to exit codes.
 
 
 def install_run(monkeypatch: pytest.MonkeyPatch, run: Callable[[TrainConfig], int]) -> None:
-    module = types.ModuleType("trainer.train.loop")
-    module.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "trainer.train.loop", module)
+    module = types.ModuleType("trainer.job")
+    module.run = lambda config, *, hooks=None: run(config)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "trainer.job", module)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trainer.distribute.strategy import cluster_from_env
+from trainer.distribute.cluster import cluster_from_env
 from trainer.errors import ConfigError
 
 

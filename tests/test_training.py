@@ -130,7 +130,7 @@ def test_two_workers_stay_in_sync_and_each_reads_half(shapes, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["workers"] == 2
     for epoch in metrics["history"]:
-        assert epoch["objects_read_per_worker"] == [48, 48]  # 96 training objects, halves
+        assert epoch["samples_fed_per_worker"] == [48, 48]  # 96 training objects, halves
     assert not (out / "quarantine").exists()
 
 

@@ -63,7 +63,7 @@ def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
     setup_logging(-1 if namespace.quiet else namespace.verbose)
     cfg = config_module.config_from_namespace(namespace, env=os.environ)
     # Imported here, after validation: it pulls in TensorFlow, which takes seconds.
-    from trainer.train.loop import run
+    from trainer.job import run
 
     return int(run(cfg, hooks=hooks))
 

@@ -5,7 +5,7 @@ Each case must exit with its documented code (README "Exit codes"), print exactl
 finish within 10 s, and fail before TensorFlow touches a device:
 
 * "config" cases fail in argument/config validation: stderr is that one line and nothing else;
-* "data" cases fail in `train_loop.setup()` while listing or probing storage, before Keras and
+* "data" cases fail in `trainer.job.run()` while listing or probing storage, before Keras and
   TensorFlow load: stderr may hold our INFO records before the error, but never the
   "devices:" or "strategy:" lines that follow device setup;
 * the one "device" case (`--expect-gpus 1` on this GPU-less machine) is about devices, so it

@@ -97,7 +97,7 @@ def test_transient_faults_lose_nothing(
     injected = {k: v for k, v in stats.items() if k in faults and not k.endswith("_s") and v}
     assert sum(injected.values()) > 0, f"no fault was injected: {stats}"
     for epoch in final["history"]:
-        assert epoch["objects_read_per_worker"] == [TRAIN_OBJECTS]
+        assert epoch["samples_fed_per_worker"] == [TRAIN_OBJECTS]
         assert epoch["samples"] == TRAIN_OBJECTS  # batches of 6 divide 54: no padding
     assert final["quarantined"] == []
     assert final["counters"]["retries"] > 0

@@ -181,11 +181,6 @@ class ImageSequence(keras.utils.PyDataset):
         self.counters.add("wait_seconds", time.perf_counter() - started)
         return batch
 
-    def iter_epoch(self, epoch: int, *, start: int = 0):
-        """Yields the batches of `epoch` from batch `start` on: the resumable path."""
-        for i in range(start, len(self)):
-            yield self.get_batch(epoch=epoch, index=i)
-
     def positions(self, *, epoch: int, index: int) -> np.ndarray:
         """The dataset positions batch `index` of `epoch` was planned to hold (before skips)."""
         return self.plan.batch(epoch=epoch, index=index)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             env={},
         )
-        from trainer.train.loop import run
+        from trainer.job import run
 
         try:
             code = run(config)

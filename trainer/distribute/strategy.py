@@ -1,17 +1,10 @@
-"""The one place that decides how training is distributed.
+"""The one place that decides which `tf.distribute` strategy runs.
 
-* ``TF_CONFIG`` set                              -> MultiWorkerMirroredStrategy;
-* a Kubernetes Indexed Job (``JOB_COMPLETION_INDEX`` with ``num_workers > 1``, the headless
-  Service and the Job name) -> TF_CONFIG derived from it, then MultiWorkerMirroredStrategy;
-* one or more GPUs                              -> MirroredStrategy over all of them;
-* CPU only                                      -> MirroredStrategy over ``cpu_replicas`` logical
-  CPU devices (so the same code path runs, and is tested, without GPUs).
+* a multi-worker `Cluster` (trainer.distribute.cluster)  -> MultiWorkerMirroredStrategy;
+* one or more GPUs                                     -> MirroredStrategy over all of them;
+* CPU only                                             -> MirroredStrategy over ``cpu_replicas``
+  logical CPU devices (so the same code path runs, and is tested, without GPUs).
 
-`cluster_from_env` is pure and imports no TensorFlow, so the config step can validate the
-cluster before TensorFlow starts.
-
-    cluster = cluster_from_env(os.environ, num_workers=2, worker_service="train-workers",
-                               worker_port=2222, job_name="train-abc12")
     setup = make_strategy(cluster=cluster, cpu_replicas=2, expect_gpus=0)
     with setup.strategy.scope():
         ...
@@ -20,95 +13,14 @@ cluster before TensorFlow starts.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-from collections.abc import Mapping
 from typing import Any
 
-from trainer.errors import ConfigError, GpuMissingError
+from trainer.distribute.cluster import Cluster
+from trainer.errors import GpuMissingError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cluster:
-    """This process's place in a multi-worker cluster; `workers == ()` means single worker."""
-
-    workers: tuple[str, ...] = ()
-    task_index: int = 0
-    tf_config: str | None = None  # the TF_CONFIG to set, when derived here
-
-    @property
-    def num_workers(self) -> int:
-        return max(1, len(self.workers))
-
-    @property
-    def is_multi_worker(self) -> bool:
-        return len(self.workers) > 1
-
-    @property
-    def is_chief(self) -> bool:
-        # Worker 0 plays chief: it alone writes shared outputs (TF's own convention too).
-        return self.task_index == 0
-
-
-def cluster_from_env(
-    env: Mapping[str, str],
-    *,
-    num_workers: int = 1,
-    worker_service: str | None = None,
-    worker_port: int = 2222,
-    job_name: str | None = None,
-) -> Cluster:
-    """Reads TF_CONFIG, or derives it from a Kubernetes Indexed Job's environment."""
-    raw = env.get("TF_CONFIG")
-    if raw:
-        try:
-            doc = json.loads(raw)
-            workers = tuple(doc["cluster"]["worker"])
-            task = doc["task"]
-            if task["type"] != "worker":
-                raise ValueError(f"task type {task['type']!r} (only 'worker' is supported)")
-            index = int(task["index"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(
-                f"TF_CONFIG: not a valid worker cluster spec ({e}); unset it or "
-                'set {"cluster": {"worker": [...]}, "task": {"type": "worker", '
-                '"index": N}}'
-            ) from None
-        if not 0 <= index < len(workers):
-            raise ConfigError(f"TF_CONFIG: task index {index} not in [0, {len(workers)})")
-        return Cluster(workers=workers, task_index=index)
-    if num_workers <= 1:
-        return Cluster()
-    raw_index = env.get("JOB_COMPLETION_INDEX")
-    if raw_index is None:
-        raise ConfigError(
-            f"--num-workers (TRAINER_NUM_WORKERS) is {num_workers} but "
-            "JOB_COMPLETION_INDEX is unset; run as an Indexed Job or set TF_CONFIG"
-        )
-    if not worker_service or not job_name:
-        raise ConfigError(
-            "--worker-service (TRAINER_WORKER_SERVICE) and --job-name "
-            "(TRAINER_JOB_NAME) are needed to find the other workers"
-        )
-    try:
-        index = int(raw_index)
-    except ValueError:
-        raise ConfigError(f"JOB_COMPLETION_INDEX: not an integer: {raw_index!r}") from None
-    if not 0 <= index < num_workers:
-        raise ConfigError(
-            f"JOB_COMPLETION_INDEX {index} not in [0, {num_workers}); "
-            "completions and TRAINER_NUM_WORKERS must agree"
-        )
-    # Indexed Job pods are named <job>-<index> and, with `subdomain`, resolvable as
-    # <job>-<index>.<service>.
-    workers = tuple(f"{job_name}-{i}.{worker_service}:{worker_port}" for i in range(num_workers))
-    tf_config = json.dumps(
-        {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}}
-    )
-    return Cluster(workers=workers, task_index=index, tf_config=tf_config)
 
 
 @dataclasses.dataclass

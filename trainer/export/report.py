@@ -1,0 +1,101 @@
+"""The end of a run: weights digest, export, metrics.json, labels, the quality gate, _SUCCESS.
+
+Only the chief writes; every worker logs its weights digest, which replicas that stayed in
+sync share. A failed gate still writes every output but BLESSED, then exits 3.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainer.data.counters import Counters
+from trainer.distribute.strategy import StrategySetup
+from trainer.errors import QualityGateError
+from trainer.export.outputs import Outputs
+from trainer.export.serving import export_model
+from trainer.model.trainable import Trainable
+from trainer.train import metrics
+from trainer.train.hooks import Hooks
+from trainer.train.inputs import Inputs
+
+logger = logging.getLogger(__name__)
+
+
+def finish(
+    config: Any,
+    *,
+    setup: StrategySetup,
+    inputs: Inputs,
+    trainable: Trainable,
+    result: dict[str, Any],
+    outputs: Outputs,
+    counters: Counters,
+    hooks: Hooks,
+) -> int:
+    """Writes the outputs (chief only) and judges the gate; returns 0 or raises."""
+    cluster, history = setup.cluster, result["history"]
+    final = metrics.final_validation(history)
+    gate = metrics.Gate(config.min_val_accuracy, final.get("val_accuracy"))
+    weights_sha256 = metrics.weights_digest(trainable.model)
+    logger.info("final weights sha256 %s (worker %d)", weights_sha256, cluster.task_index)
+    if cluster.is_chief:
+        data = inputs.data
+        summary = {
+            "history": history,
+            "final": final,
+            "quality_gate": {**gate.to_dict(), "passed": gate.passed},
+            "images_per_s": metrics.mean_of(history, "images_per_s"),
+            "data_wait_fraction": metrics.mean_of(history, "data_wait_fraction"),
+            "replicas": setup.replicas,
+            "workers": cluster.num_workers,
+            "global_batch": config.batch_size,
+            "per_replica_batch": inputs.per_replica,
+            "steps": result["step"],
+            "class_names": list(data.index.class_names),
+            "dataset": {
+                "fingerprint": data.index.fingerprint(),
+                "objects": len(data.index),
+                "train": len(data.train),
+                "validation": len(data.val),
+            },
+            "dtype_policy": trainable.policy,
+            "counters": counters.snapshot(),
+            "weights_sha256": weights_sha256,
+            "quarantined": inputs.quarantined,
+            "config": config.to_dict(),
+        }
+        if config.trace_steps:
+            summary["trace"] = result["trace"]
+        written = export_model(
+            trainable.model,
+            architecture=config.model,
+            num_classes=data.index.num_classes,
+            image_size=tuple(config.image_size),
+            input_dtype=config.dtype,
+            outputs=outputs,
+            hooks=hooks,
+        )
+        written["labels"] = outputs.write_labels(data.index.class_names)
+        written["metrics"] = outputs.write_json("metrics.json", summary)
+        written["tensorboard"] = config.tensorboard_dir or outputs.uri("tensorboard")
+        outputs.finish(blessed=gate.passed, gate=gate.to_dict())
+        logger.info("outputs: %s", ", ".join(f"{k}={v}" for k, v in written.items()))
+        logger.info("%s written last", outputs.uri("_SUCCESS"))
+    else:
+        logger.info("worker %d done; the chief writes the outputs", cluster.task_index)
+    if config.min_val_accuracy is None:
+        logger.info("no quality gate (--min-val-accuracy); BLESSED not written")
+    elif not gate.passed:
+        raise QualityGateError(
+            f"--min-val-accuracy {config.min_val_accuracy}: validation accuracy "
+            f"{final.get('val_accuracy', float('nan')):.4f} is below the gate; outputs "
+            "written without BLESSED"
+        )
+    else:
+        logger.info(
+            "quality gate passed: val_accuracy %.4f >= %.4f",
+            final["val_accuracy"],
+            config.min_val_accuracy,
+        )
+    return 0

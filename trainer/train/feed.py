@@ -1,0 +1,95 @@
+"""ImageSequence batches -> equal per-replica chunks -> one tf.data pipeline per worker.
+
+`distribute_datasets_from_function` calls the dataset function once per worker; each yields
+its own shard's batches split into `local_replicas` chunks, which the strategy hands out one
+per replica. An exception raised inside a generator reaches the step as a bare TF error, so
+the original is kept in `input_error` for the loop to re-raise with its own message.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from trainer.data.sequence import ImageSequence
+from trainer.distribute.strategy import StrategySetup
+
+
+def split_per_replica(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts: int):
+    """Equal chunks of one batch, one per local replica (batches are multiples of `parts`)."""
+    size = len(y) // parts
+    for k in range(parts):
+        piece = slice(k * size, (k + 1) * size)
+        yield (x[piece], y[piece]) if w is None else (x[piece], y[piece], w[piece])
+
+
+class Feed:
+    """Builds the distributed datasets for training and evaluation."""
+
+    def __init__(self, setup: StrategySetup, *, image_size: tuple[int, int], dtype: str) -> None:
+        self.setup = setup
+        self.image_size = image_size
+        self.dtype = dtype
+        self.input_error: BaseException | None = None
+
+    def training(
+        self, seq: ImageSequence, *, start_step: int, total_steps: int, fed: dict[int, np.ndarray]
+    ) -> Any:
+        """From `start_step` to the end; marks in `fed[epoch]` the samples this worker fed."""
+        batches = functools.partial(self._train_batches, seq, start_step, total_steps, fed)
+        return self._distribute(batches, with_weights=False)
+
+    def validation(self, seq: ImageSequence) -> Any:
+        """Every validation sample once, pad repeats weighted 0."""
+        return self._distribute(functools.partial(self._val_batches, seq), with_weights=True)
+
+    def _distribute(self, generator: Callable[[], Iterator[Any]], *, with_weights: bool) -> Any:
+        import tensorflow as tf
+
+        height, width = self.image_size
+        spec = [
+            tf.TensorSpec((None, height, width, 3), self.dtype),
+            tf.TensorSpec((None,), tf.int32),
+        ]
+        if with_weights:
+            spec.append(tf.TensorSpec((None,), tf.float32))
+        workers = self.setup.cluster.num_workers
+
+        def dataset_fn(context):
+            if context.num_input_pipelines != workers:
+                raise RuntimeError("one input pipeline per worker expected")
+            return tf.data.Dataset.from_generator(
+                lambda: self._keep_error(generator()), output_signature=tuple(spec)
+            ).prefetch(2)
+
+        return self.setup.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _keep_error(self, generator: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from generator
+        except BaseException as e:
+            self.input_error = e
+            raise
+
+    def _train_batches(
+        self, seq: ImageSequence, start: int, total: int, fed: dict[int, np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        parts, steps_per_epoch = self.setup.local_replicas, len(seq)
+        for step in range(start, total):
+            epoch, index = divmod(step, steps_per_epoch)
+            x, y = seq.get_batch(epoch=epoch, index=index)
+            # Keyed by epoch: this generator runs ahead of the step that consumes its output.
+            mask = fed.setdefault(epoch, np.zeros(len(seq.index), dtype=bool))
+            mask[seq.positions(epoch=epoch, index=index)] = True
+            yield from split_per_replica(x, y, None, parts)
+
+    def _val_batches(self, seq: ImageSequence) -> Iterator[tuple[np.ndarray, ...]]:
+        parts, real = self.setup.local_replicas, len(seq.plan.members)
+        for index in range(len(seq)):
+            x, y = seq.get_batch(epoch=0, index=index)
+            start, stop = seq.plan.batch_bounds(index)
+            w = (np.arange(start, stop) < real).astype(np.float32)  # 0 for pad repeats
+            yield from split_per_replica(x, y, w, parts)

@@ -1,0 +1,124 @@
+"""The run's data: the dataset index, its split, and the two ImageSequences sized to the strategy.
+
+data = load_data(config, storage)                       # before TensorFlow starts
+inputs = build_inputs(config, data, setup, storage=storage, counters=counters,
+                      quarantine_uri=outputs.uri("quarantine/worker-0.jsonl"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from trainer.data.cache import ByteCache
+from trainer.data.counters import Counters
+from trainer.data.index import DatasetIndex, load_or_discover
+from trainer.data.storage import Storage
+from trainer.distribute.strategy import StrategySetup
+from trainer.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    index: DatasetIndex
+    train: DatasetIndex
+    val: DatasetIndex
+
+
+@dataclasses.dataclass
+class Inputs:
+    data: Data
+    train_seq: Any  # ImageSequence
+    val_seq: Any | None  # None when there are fewer validation objects than workers
+    per_replica: int
+    local_batch: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_seq)
+
+    @property
+    def quarantined(self) -> list[dict[str, str]]:
+        return self.train_seq.quarantined + (self.val_seq.quarantined if self.val_seq else [])
+
+    def close(self) -> None:
+        for seq in (self.train_seq, self.val_seq):
+            if seq is not None:
+                seq.close()
+
+
+def load_data(config: Any, storage: Storage) -> Data:
+    """The index (listed, or read from --index) and its seeded train/validation split."""
+    index = load_or_discover(
+        config.data,
+        storage=storage,
+        index_uri=config.index,
+        class_names=config.classes.split(",") if config.classes else None,
+    )
+    train, val = index.split(val_split=config.val_split, seed=config.seed)
+    return Data(index=index, train=train, val=val)
+
+
+def build_inputs(
+    config: Any,
+    data: Data,
+    setup: StrategySetup,
+    *,
+    storage: Storage,
+    counters: Counters,
+    quarantine_uri: str,
+) -> Inputs:
+    """This worker's training and validation Sequences; batches are replica multiples."""
+    from trainer.data.sequence import ImageSequence
+
+    if config.batch_size % setup.replicas:
+        raise ConfigError(
+            f"--batch-size (TRAINER_BATCH_SIZE) {config.batch_size} is not a "
+            f"multiple of the {setup.replicas} replicas; use a multiple"
+        )
+    per_replica = config.batch_size // setup.replicas
+    local_batch = per_replica * setup.local_replicas
+    cluster = setup.cluster
+    cache = None
+    if config.cache_dir and config.cache_size_mb > 0:
+        cache = ByteCache(config.cache_dir, max_bytes=config.cache_size_mb << 20)
+    common = dict(
+        image_size=tuple(config.image_size),
+        storage=storage,
+        dtype=config.dtype,
+        replica_multiple=setup.local_replicas,
+        seed=config.seed,
+        on_corrupt=config.on_corrupt,
+        fetch_threads=config.fetch_threads,
+        decode_threads=config.decode_threads,
+        prefetch_batches=config.prefetch_batches,
+        cache=cache,
+        counters=counters,
+        quarantine_uri=quarantine_uri,
+        shard_index=cluster.task_index,
+        shard_count=cluster.num_workers,
+    )
+    try:
+        train_seq = ImageSequence(
+            data.train,
+            batch_size=local_batch,
+            remainder=config.remainder,
+            shuffle=True,
+            epochs=config.epochs,
+            max_batches=config.max_steps_per_epoch,
+            **common,
+        )
+        val_seq = None
+        if len(data.val) >= cluster.num_workers:
+            # Validation pads (weight 0) instead of dropping: every object is scored once.
+            val_seq = ImageSequence(
+                data.val,
+                batch_size=local_batch,
+                remainder="pad",
+                shuffle=False,
+                epochs=1,
+                **common,
+            )
+    except ValueError as e:
+        raise DataError(f"--data {config.data}: {e}") from None
+    return Inputs(data, train_seq, val_seq, per_replica, local_batch)

@@ -1,0 +1,157 @@
+"""What the run reports: progress lines, per-epoch records, TensorBoard scalars, metrics.json.
+
+meter = Meter(counters)                  # throughput and data wait since the last mark
+log_progress(epoch=0, epochs=3, index=10, steps=24, totals=acc, meter=meter)
+board = TensorBoard(uri, storage=storage) if chief else None
+board.write(epoch=1, record=record)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from trainer.data.counters import Counters
+from trainer.data.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "data_wait_fraction")
+
+
+class Meter:
+    """Images per second and the fraction of time spent waiting for data, since `mark()`."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.mark()
+
+    def mark(self) -> None:
+        self.started = time.perf_counter()
+        self.wait = self.counters.get("wait_seconds")
+        self.samples = 0.0
+
+    def add(self, samples: float) -> None:
+        self.samples += samples
+
+    def read(self) -> tuple[float, float]:
+        """(images/s, data-wait fraction) since the mark."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        waited = self.counters.get("wait_seconds") - self.wait
+        return self.samples / elapsed, min(1.0, waited / elapsed)
+
+
+def log_progress(
+    *, epoch: int, epochs: int, index: int, steps: int, totals: np.ndarray, meter: Meter
+) -> None:
+    """One line per window: the epoch's running loss and accuracy, the window's throughput."""
+    rate, wait = meter.read()
+    logger.info(
+        "epoch %d/%d step %d/%d loss %.4f accuracy %.4f images/s %.1f data-wait %.0f%%",
+        epoch + 1,
+        epochs,
+        index,
+        steps,
+        totals[0] / max(totals[2], 1),
+        totals[1] / max(totals[2], 1),
+        rate,
+        100 * wait,
+    )
+
+
+def epoch_record(epoch: int, totals: np.ndarray, meter: Meter) -> dict[str, Any]:
+    """The epoch's training figures; evaluation and per-worker counts are added by the loop."""
+    rate, wait = meter.read()
+    return {
+        "epoch": epoch + 1,
+        "loss": totals[0] / max(totals[2], 1),
+        "accuracy": totals[1] / max(totals[2], 1),
+        "samples": int(totals[2]),
+        "images_per_s": rate,
+        "data_wait_fraction": wait,
+    }
+
+
+def log_epoch(record: dict[str, Any], *, epochs: int) -> None:
+    val = (
+        f" val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f}"
+        if "val_accuracy" in record
+        else ""
+    )
+    logger.info(
+        "epoch %d/%d done: loss %.4f accuracy %.4f%s, %.1f images/s",
+        record["epoch"],
+        epochs,
+        record["loss"],
+        record["accuracy"],
+        val,
+        record["images_per_s"],
+    )
+
+
+class TensorBoard:
+    """Per-epoch scalars, written locally and uploaded to `uri` after every epoch."""
+
+    def __init__(self, uri: str, *, storage: Storage) -> None:
+        import tensorflow as tf
+
+        self.uri = uri
+        self.storage = storage
+        self.local_dir = tempfile.mkdtemp(prefix="streamtrain-tb-")
+        self.writer = tf.summary.create_file_writer(self.local_dir)
+
+    def write(self, *, epoch: int, record: dict[str, Any]) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # Raw summaries with the scalars plugin tag: TensorBoard reads them, and TensorFlow
+        # needs no `tensorboard` package installed to write them.
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        ).SerializeToString()
+        with self.writer.as_default(step=epoch):
+            for key in SCALARS:
+                if key in record:
+                    tf.summary.write(key, tf.constant(record[key], tf.float32), metadata=metadata)
+        self.writer.flush()
+        self.storage.upload_dir(self.local_dir, self.uri)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """The quality gate: passed when the final validation accuracy reaches the minimum."""
+
+    min_val_accuracy: float | None
+    val_accuracy: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.min_val_accuracy is not None and (
+            (self.val_accuracy if self.val_accuracy is not None else -1.0) >= self.min_val_accuracy
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min_val_accuracy": self.min_val_accuracy, "val_accuracy": self.val_accuracy}
+
+
+def final_validation(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch's `val_*` figures."""
+    return {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over every weight: replicas and workers that stayed in sync agree on it."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def mean_of(history: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([h[key] for h in history])) if history else 0.0
