@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainer import cli
-from trainer.config.fields import FIELDS, TrainConfig
+from trainer.config import FIELDS, TrainConfig
 from trainer.errors import QualityGateError, StorageUnavailableError
 from trainer.logs import is_tty, setup_logging
 
@@ -154,7 +154,11 @@ def test_version() -> None:
 
 def install_run(monkeypatch: pytest.MonkeyPatch, run: Callable[[TrainConfig], int]) -> None:
     module = types.ModuleType("trainer.job")
-    module.run = lambda config, *, hooks=None: run(config)  # type: ignore[attr-defined]
+
+    def job_run(config: TrainConfig, *, hooks: object = None) -> int:
+        return run(config)
+
+    module.run = job_run  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "trainer.job", module)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.config.fields import MODELS
+from trainer.config import MODELS
 from trainer.model.zoo import architectures, build_model
 
 

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from trainer.config import fields as config_module
+from trainer import config as config_module
 from trainer.errors import ExitCode, TrainerError
 from trainer.logs import setup_logging
 from trainer.train.hooks import Hooks

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[EMULATOR_ENV] = emulator.url
         from google.cloud import storage as gcs
 
-        from trainer.config.fields import build_config
+        from trainer.config import build_config
         from trainer.data.storage import Storage
         from trainer.errors import TrainerError
 
