@@ -14,6 +14,7 @@ import requests
 from google.api_core import exceptions as api_exceptions
 
 from trainer.data.counters import Counters
+from trainer.data.gcs import GcsConnection
 from trainer.data.storage import Storage, is_gcs, join
 from trainer.errors import (
     ExitCode,
@@ -171,8 +172,7 @@ def test_missing_bucket_and_object(gcs_env, gcs_bucket):
 
 def test_permission_errors_name_bucket_and_permission(gcs_env):
     # The emulator does not enforce IAM, so map the library's 403 exception directly.
-    storage = Storage()
-    err = storage._translate(
+    err = GcsConnection().translate(
         api_exceptions.Forbidden("caller does not have storage.objects.get access"),
         "gs://secret-bucket/a.jpg",
         "read the object",

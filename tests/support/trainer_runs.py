@@ -30,21 +30,12 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def command(*args: str) -> list[str]:
     # `timeout -k`: TF ignores SIGTERM while it waits for a multi-worker peer.
-    return [
-        "timeout",
-        "-k",
-        "10",
-        "300",
-        sys.executable,
-        "-m",
-        "support.with_faults",
-        "train",
-        *args,
-    ]
+    entry = str(TESTS / "support" / "with_faults.py")
+    return ["timeout", "-k", "10", "300", sys.executable, entry, "train", *args]
 
 
 def environ(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with tests/ importable (for `support.with_faults`)."""
+    """This process's environment with tests/ importable (for `python -m support.bench`)."""
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
