@@ -58,7 +58,9 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
             from trainer.train.loop import TrainLoop
 
             trainable = build_trainable(config, setup, data.index, storage)
-            loop = TrainLoop(config, setup, inputs, trainable, storage, outputs, counters, hooks)
+            if cluster.is_chief:
+                outputs.begin()  # a rerun first withdraws the old _SUCCESS and BLESSED
+            loop = TrainLoop(config, setup, inputs, trainable, storage, counters, hooks)
             result = loop.run(stop)
         finally:
             inputs.close()  # stop the input pipeline before exporting: nothing more to fetch

@@ -57,6 +57,9 @@ class Storage:
     (api_core gives up as soon as the next backoff would end past it, so a call takes at most
     about deadline_s + request_timeout_s), `request_timeout_s` one HTTP request (connect, read).
     `list_page_size` is the number of objects per listing request.
+
+    Past 250 lines on purpose: one method per storage verb, each with its GCS and local halves
+    side by side, so that a caller never branches on the scheme.
     """
 
     def __init__(

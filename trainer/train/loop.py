@@ -9,7 +9,7 @@
   every replica, all workers stop after the same step, the chief checkpoints, and the process
   exits 143.
 
-    loop = TrainLoop(config, setup, inputs, trainable, storage, outputs, counters, hooks)
+    loop = TrainLoop(config, setup, inputs, trainable, storage, counters, hooks)
     result = loop.run(stop)
 """
 
@@ -24,7 +24,6 @@ from trainer.data.counters import Counters
 from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
 from trainer.errors import TerminatedError
-from trainer.export.outputs import Outputs
 from trainer.logs import is_tty
 from trainer.model.trainable import Trainable
 from trainer.train import failures, metrics
@@ -48,12 +47,11 @@ class TrainLoop:
         inputs: Inputs,
         trainable: Trainable,
         storage: Storage,
-        outputs: Outputs,
         counters: Counters,
         hooks: Hooks,
     ) -> None:
         self.config, self.setup, self.inputs, self.trainable = config, setup, inputs, trainable
-        self.storage, self.outputs, self.counters, self.hooks = storage, outputs, counters, hooks
+        self.storage, self.counters, self.hooks = storage, counters, hooks
         self.steps_per_epoch = inputs.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.epochs
         self.feed = Feed(setup, image_size=tuple(config.image_size), dtype=config.dtype)
@@ -116,7 +114,7 @@ class TrainLoop:
 
         config, cluster, trainable = self.config, self.setup.cluster, self.trainable
         checkpointer = Checkpointer(
-            config.checkpoint_dir or self.outputs.uri("checkpoints"),
+            config.checkpoint_dir,  # defaults to OUTPUT/checkpoints
             storage=self.storage,
             keep=config.keep_checkpoints,
             writer=cluster.is_chief,
@@ -124,8 +122,6 @@ class TrainLoop:
         )
         step, history, totals = self.restore(checkpointer)
         plan = self.plan_key()
-        if cluster.is_chief:
-            self.outputs.begin()
         steps_fn = compile_steps(
             self.setup.strategy,
             trainable.model,
@@ -135,8 +131,7 @@ class TrainLoop:
         )
         board = None
         if cluster.is_chief:
-            tb_uri = config.tensorboard_dir or self.outputs.uri("tensorboard")
-            board = metrics.TensorBoard(tb_uri, storage=self.storage)
+            board = metrics.TensorBoard(config.tensorboard_dir, storage=self.storage)
         iterator = iter(
             self.feed.training(
                 self.inputs.train_seq, start_step=step, total_steps=self.total_steps, fed=self.fed

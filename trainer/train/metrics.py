@@ -1,4 +1,4 @@
-"""What the run reports: progress lines, per-epoch records, TensorBoard scalars, metrics.json.
+"""What the run reports: progress lines, per-epoch records, TensorBoard scalars, the gate.
 
 meter = Meter(counters)                  # throughput and data wait since the last mark
 log_progress(epoch=0, epochs=3, index=10, steps=24, totals=acc, meter=meter)
