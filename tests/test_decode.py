@@ -209,3 +209,78 @@ def test_threads_give_the_same_results_as_serial():
         threaded = list(pool.map(lambda b: decode_image(b, size=(50, 40)), blobs * 2))
     for i, arr in enumerate(threaded):
         np.testing.assert_array_equal(arr, serial[i % len(blobs)])
+
+
+def _bands(width: int, height: int) -> bytes:
+    """A JPEG with red left quarter, blue middle half and green right quarter."""
+    a = np.zeros((height, width, 3), np.uint8)
+    a[:, : width // 4] = (255, 0, 0)
+    a[:, width // 4 : 3 * width // 4] = (0, 0, 255)
+    a[:, 3 * width // 4 :] = (0, 255, 0)
+    return _jpeg(Image.fromarray(a))
+
+
+def test_crop_keeps_the_centre_and_squash_stretches(backend):
+    data = _bands(400, 200)
+    crop = decode_image(data, size=(100, 100), resize="crop").astype(int)
+    # The centre 200x200 of a 400x200 picture is all blue (a few pixels of JPEG ringing aside).
+    inner = crop[:, 4:-4]
+    assert inner[..., 2].min() > 200 and inner[..., :2].max() < 60
+    squash = decode_image(data, size=(100, 100), resize="squash").astype(int)
+    assert squash[:, :10, 0].mean() > 200 and squash[:, -10:, 1].mean() > 200
+
+
+def test_pad_keeps_everything_centred_on_black(backend):
+    data = _bands(400, 200)
+    pad = decode_image(data, size=(100, 100), resize="pad").astype(int)
+    # 400x200 fits into 100x100 as 100x50, rows 25..74; the bands are all there.
+    assert pad[:25].max() == 0 and pad[75:].max() == 0
+    body = pad[27:73]
+    assert body[:, 5:20, 0].mean() > 200 and body[:, 40:60, 2].mean() > 200
+    assert body[:, 80:95, 1].mean() > 200
+
+
+def _reference(data: bytes, size: tuple[int, int], resize: str) -> np.ndarray:
+    """Full decode, upright, then crop/pad with Pillow: what each mode means."""
+    full = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    h, w = size
+    if resize == "crop":
+        return np.asarray(ImageOps.fit(full, (w, h), Image.Resampling.BILINEAR), np.int16)
+    return np.asarray(ImageOps.pad(full, (w, h), Image.Resampling.BILINEAR, color=0), np.int16)
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("size", [(120, 70), (64, 200)])
+def test_crop_and_pad_with_dct_scaling_match_a_full_decode(resize, orientation, size, backend):
+    img = natural_image(np.random.default_rng(3), width=1600, height=900)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(img, exif=exif.tobytes())
+    out = decode_image(data, size=size, resize=resize)
+    assert out.shape == (*size, 3)
+    assert np.abs(out.astype(np.int16) - _reference(data, size, resize)).mean() < 4.0
+
+
+def test_pad_decodes_at_a_smaller_dct_scale_than_crop():
+    """pad needs only the fitted size: 1600x900 into 224x224 fits as 224x126."""
+    assert decode._min_decode_size(1600, 900, 224, 224, "pad") == (224, 126)
+    assert decode._min_decode_size(1600, 900, 224, 224, "crop") == (224, 224)
+    assert decode._min_decode_size(1600, 900, 224, 224, "squash") == (224, 224)
+    # Never more than the image itself (upscaling decodes at full size).
+    assert decode._min_decode_size(100, 50, 224, 224, "pad") == (100, 50)
+
+
+def test_crop_and_pad_of_png_and_greyscale():
+    grey = Image.fromarray(np.full((30, 90), 200, np.uint8), "L")
+    buf = io.BytesIO()
+    grey.save(buf, "PNG")
+    pad = decode_image(buf.getvalue(), size=(30, 30), resize="pad")
+    assert pad.shape == (30, 30, 3) and pad[:10].max() == 0 and pad[12:18].min() == 200
+    crop = decode_image(buf.getvalue(), size=(30, 30), resize="crop")
+    assert crop.shape == (30, 30, 3) and crop.min() == 200
+
+
+def test_unknown_resize_mode_is_a_value_error():
+    with pytest.raises(ValueError, match="resize"):
+        decode_image(b"x", size=(8, 8), resize="stretch")

@@ -247,3 +247,19 @@ def test_float32_output_and_counters(gcs_index):
         "wait_seconds",
     ):
         assert snap[key] > 0, key
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad"])
+def test_resize_mode_reaches_the_decoder(folder, resize):
+    index = discover(str(folder), storage=Storage())
+    with ImageSequence(
+        index, batch_size=27, image_size=(16, 32), shuffle=False, resize=resize
+    ) as seq:
+        x, _ = seq[0]
+    storage = Storage()
+    expected = [decode_image(storage.read(u), size=(16, 32), resize=resize) for u in index.uris]
+    squashed = [decode_image(storage.read(u), size=(16, 32)) for u in index.uris]
+    assert np.array_equal(x, np.stack(expected))
+    assert not np.array_equal(x, np.stack(squashed)), "the mode changed the pixels"
+    with pytest.raises(ValueError, match="resize"):
+        ImageSequence(index, batch_size=3, image_size=SIZE, resize="stretch")

@@ -13,9 +13,13 @@ It runs on a thread pool, so the per-image work is a few calls into C that relea
   least the target size, by simplejpeg (libjpeg-turbo, any M/8 scale) when it is installed, else
   by Pillow's `draft` (1/2, 1/4, 1/8). simplejpeg is measurably faster on photo-sized JPEGs and,
   in strict mode, rejects corrupt entropy data that Pillow decodes silently into garbage.
-- Everything else goes through Pillow, then one bilinear resize to (width, height). The aspect
-  ratio is not preserved and the filter is "bilinear", matching Keras'
-  `image_dataset_from_directory` defaults.
+- Everything else goes through Pillow, then one bilinear resize to (width, height). The filter
+  is "bilinear", matching Keras' `image_dataset_from_directory` defaults.
+- `resize` says how the aspect ratio is treated: "squash" (the default) stretches to H×W, as
+  Keras does; "crop" keeps it and cuts the centre H×W out of the image scaled to cover it
+  (Keras' `crop_to_aspect_ratio`); "pad" keeps it and centres the image scaled to fit inside
+  H×W on black (Keras' `pad_to_aspect_ratio`). The DCT scale is chosen per mode so that the
+  side kept whole is still at least the target after scaling.
 - EXIF orientation is applied after the resize (the image is resized to the *stored* orientation,
   then transposed), which is cheap on the small image and keeps DCT scaling valid.
 - Colour: every Pillow mode becomes RGB the way Keras' `load_img` does (`convert("RGB")`, alpha
@@ -42,10 +46,11 @@ try:  # Optional fast path; see the module docstring.
 except ImportError:  # pragma: no cover - depends on the installation
     simplejpeg = None
 
-__all__ = ["JPEG_BACKEND", "REASONS", "ImageDecodeError", "decode_image"]
+__all__ = ["JPEG_BACKEND", "REASONS", "RESIZE_MODES", "ImageDecodeError", "decode_image"]
 
 JPEG_BACKEND = "simplejpeg" if simplejpeg is not None else "pillow"
 
+RESIZE_MODES = ("squash", "crop", "pad")
 REASONS = ("empty", "not_an_image", "truncated", "too_large", "unsupported_format", "corrupt")
 
 _EXIF_ORIENTATION = 0x0112
@@ -90,24 +95,28 @@ def decode_image(
     size: tuple[int, int],
     dtype: str = "uint8",
     max_pixels: int = 89_478_485,
+    resize: str = "squash",
 ) -> np.ndarray:
     """Decode `data` to an array of shape (height, width, 3), `size` being (height, width).
 
-    dtype "uint8" gives 0..255, "float32" gives [0, 1]. Raises ImageDecodeError for anything
-    that is not a usable image, and ValueError for bad arguments.
+    dtype "uint8" gives 0..255, "float32" gives [0, 1]; `resize` is one of RESIZE_MODES.
+    Raises ImageDecodeError for anything that is not a usable image, and ValueError for bad
+    arguments.
     """
     height, width = _check_args(size, dtype, max_pixels)
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not data:
         raise ImageDecodeError("empty", "the file is empty (0 bytes)")
     out = None
     if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
-        out = _decode_jpeg_fast(data, width, height, max_pixels)
+        out = _decode_jpeg_fast(data, width, height, max_pixels, resize)
     if out is None:
         img = _open(data)
         try:
             w, h = img.size
             _check_pixels(w, h, max_pixels)
-            out = _decode_to_target(img, data, width, height)
+            out = _decode_to_target(img, data, width, height, resize)
         finally:
             img.close()
     if out.ndim == 2:  # greyscale was resized on one channel; spread it to three now
@@ -128,7 +137,9 @@ def _check_pixels(w: int, h: int, max_pixels: int) -> None:
         raise ImageDecodeError("corrupt", f"image header declares an empty size {w}x{h}")
 
 
-def _decode_jpeg_fast(data: bytes, width: int, height: int, max_pixels: int) -> np.ndarray | None:
+def _decode_jpeg_fast(
+    data: bytes, width: int, height: int, max_pixels: int, resize: str
+) -> np.ndarray | None:
     """The common case, a YCbCr or greyscale JPEG, without Pillow: header, DCT-scaled decode
     and resize are each one C call that releases the GIL. None hands the file to the full path
     (CMYK, anything the header parser refuses, any decode error to be classified there)."""
@@ -141,17 +152,19 @@ def _decode_jpeg_fast(data: bytes, width: int, height: int, max_pixels: int) -> 
     _check_pixels(w, h, max_pixels)
     orientation = _jpeg_orientation(data)
     tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    mw, mh = _min_decode_size(w, h, tw, th, resize)
     try:
         pixels = simplejpeg.decode_jpeg(
             data,
             colorspace="GRAY" if colorspace == "Gray" else "RGB",
-            min_height=th,
-            min_width=tw,
+            min_height=mh,
+            min_width=mw,
             strict=True,  # raise on "corrupt data" warnings instead of decoding garbage
         )
     except ValueError:
         return None
-    return _resize_upright(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, tw, th, orientation)
+    pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+    return _resize_upright(pixels, tw, th, orientation, resize)
 
 
 def _has_exif(data: bytes) -> bool:
@@ -179,8 +192,41 @@ def _jpeg_orientation(data: bytes) -> int:
         return 1
 
 
-def _resize_upright(pixels: np.ndarray, tw: int, th: int, orientation: int) -> np.ndarray:
-    """Resize (height, width[, 3]) `pixels` to (th, tw), then apply the EXIF orientation."""
+def _min_decode_size(w: int, h: int, tw: int, th: int, resize: str) -> tuple[int, int]:
+    """The smallest (width, height) a DCT-scaled decode of a w×h image may have for `resize`.
+
+    squash and crop need both sides at least the target (crop cuts the longer one); pad scales
+    the image to fit inside, so only the fitted size must be kept.
+    """
+    if resize != "pad":
+        return tw, th
+    if tw * h <= th * w:  # the width limits; integer arithmetic, no float rounding up
+        fw, fh = tw, -(-h * tw // w)
+    else:
+        fw, fh = -(-w * th // h), th
+    return max(1, min(w, fw)), max(1, min(h, fh))
+
+
+def _fit(pixels: np.ndarray, tw: int, th: int, resize: str) -> np.ndarray:
+    """(height, width[, 3]) `pixels` → (th, tw[, 3]) by `resize` (see the module docstring)."""
+    h, w = pixels.shape[:2]
+    if resize == "crop":
+        # Cut the centre box of the target's aspect ratio first, then resize only that.
+        scale = max(tw / w, th / h)
+        cw, ch = min(w, max(1, round(tw / scale))), min(h, max(1, round(th / scale)))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return _resize(pixels[y0 : y0 + ch, x0 : x0 + cw], tw, th)
+    if resize == "pad":
+        scale = min(tw / w, th / h)
+        rw, rh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+        out = np.zeros((th, tw, *pixels.shape[2:]), dtype=pixels.dtype)
+        x0, y0 = (tw - rw) // 2, (th - rh) // 2
+        out[y0 : y0 + rh, x0 : x0 + rw] = _resize(pixels, rw, rh)
+        return out
+    return _resize(pixels, tw, th)
+
+
+def _resize(pixels: np.ndarray, tw: int, th: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     if (w, h) != (tw, th):
         # Bilinear like Keras; when an axis shrinks 2x or more (PNGs, no DCT scaling, or
@@ -190,6 +236,14 @@ def _resize_upright(pixels: np.ndarray, tw: int, th: int, orientation: int) -> n
         pixels = cv2.resize(
             pixels, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         )
+    return pixels
+
+
+def _resize_upright(
+    pixels: np.ndarray, tw: int, th: int, orientation: int, resize: str = "squash"
+) -> np.ndarray:
+    """Fit (height, width[, 3]) `pixels` to (th, tw), then apply the EXIF orientation."""
+    pixels = _fit(pixels, tw, th, resize)
     if orientation in _TRANSPOSE:
         pixels = _TRANSPOSE[orientation](pixels)
     return pixels
@@ -223,7 +277,9 @@ def _open(data: bytes) -> Image.Image:
         raise _load_error(e) from None
 
 
-def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) -> np.ndarray:
+def _decode_to_target(
+    img: Image.Image, data: bytes, width: int, height: int, resize: str
+) -> np.ndarray:
     """Decode pixels to an (height, width) or (height, width, 3) uint8 array, upright."""
     is_jpeg = img.format in ("JPEG", "MPO")
     # For JPEG the EXIF block is parsed with the header; other formats may keep it after the
@@ -231,25 +287,26 @@ def _decode_to_target(img: Image.Image, data: bytes, width: int, height: int) ->
     orientation = _orientation(img) if is_jpeg else 1
     # Resize to the stored orientation first and transpose the small result afterwards.
     tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    mw, mh = _min_decode_size(*img.size, tw, th, resize)
     try:
         if is_jpeg and simplejpeg is not None and img.mode in ("RGB", "L"):
             pixels = simplejpeg.decode_jpeg(
                 data,
                 colorspace="GRAY" if img.mode == "L" else "RGB",
-                min_height=th,
-                min_width=tw,
+                min_height=mh,
+                min_width=mw,
                 strict=True,
             )
             pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
         else:
             if is_jpeg:
-                img.draft("RGB", (tw, th))  # DCT scaling; keeps both sides >= the target
+                img.draft("RGB", (mw, mh))  # DCT scaling; keeps both sides >= the size given
             img.load()
             if not is_jpeg:
                 orientation = _orientation(img)
                 tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
             pixels = np.asarray(_to_l_or_rgb(img))
-        return _resize_upright(pixels, tw, th, orientation)
+        return _resize_upright(pixels, tw, th, orientation, resize)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -30,7 +30,7 @@ import numpy as np
 
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
-from trainer.data.decode import ImageDecodeError, decode_image
+from trainer.data.decode import RESIZE_MODES, ImageDecodeError, decode_image
 from trainer.data.index import DatasetIndex
 from trainer.data.sampling import BatchPlan
 from trainer.data.storage import Storage, is_gcs
@@ -76,6 +76,7 @@ class ImageSequence(keras.utils.PyDataset):
         counters: Counters | None = None,
         quarantine_uri: str | None = None,
         max_pixels: int = 89_478_485,
+        resize: str = "squash",
         epoch: int = 0,
         epochs: int | None = None,
         max_batches: int | None = None,
@@ -84,6 +85,8 @@ class ImageSequence(keras.utils.PyDataset):
         super().__init__(**kwargs)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if on_corrupt not in CORRUPT_POLICIES:
             raise ValueError(f"on_corrupt must be one of {CORRUPT_POLICIES}, got {on_corrupt!r}")
         self.index = index
@@ -107,6 +110,7 @@ class ImageSequence(keras.utils.PyDataset):
         self.counters = counters if counters is not None else Counters()
         self.quarantine_uri = quarantine_uri
         self.max_pixels = max_pixels
+        self.resize = resize
         self.epoch = epoch
         # Bounds for the look-ahead, so that nothing past the last batch used is fetched.
         self.epochs = epochs
@@ -280,7 +284,11 @@ class ImageSequence(keras.utils.PyDataset):
         started = time.perf_counter()
         try:
             return decode_image(
-                data, size=self.image_size, dtype=self.dtype, max_pixels=self.max_pixels
+                data,
+                size=self.image_size,
+                dtype=self.dtype,
+                max_pixels=self.max_pixels,
+                resize=self.resize,
             )
         finally:
             self.counters.add("decode_seconds", time.perf_counter() - started)
