@@ -76,7 +76,10 @@ def main() -> int:
     def fit(dataset, steps: int) -> float:
         with strategy.scope():
             model = build_model(args.model, num_classes=index.num_classes, image_size=size)
-            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            model.compile(
+                optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
         model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)  # compile and warm up
         t = time.monotonic()
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)

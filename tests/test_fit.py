@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     with strategy.scope():
         model = build_model("small_cnn", num_classes=3, image_size=(32, 32))
         model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
     history = model.fit(seq, validation_data=val_seq, epochs=8, shuffle=False, verbose=0)
     print(json.dumps({"replicas": replicas, "epochs_seen": seq.epoch,
                       "batches": [len(seq[i][1]) for i in range(len(seq))],

@@ -1,11 +1,14 @@
-"""Model construction: the seed's small CNN and keras.applications backbones, built untrained.
+"""Model construction: the seed's small CNN and keras.applications backbones under a new head.
 
 Every model takes uint8 (or float32 in [0, 1]) images and rescales them itself, so the input
-pipeline moves a quarter of float32's bytes. The classifier head ends in a float32 softmax, which
-keeps mixed-precision training numerically safe.
+pipeline moves a quarter of float32's bytes. The backbone is one nested layer named `backbone`
+(so it can be frozen, and its weights loaded, as a whole) and the head is a float32 Dense layer
+named `logits`: the loss is computed from logits, and the export adds the softmax.
 
     with strategy.scope():
-        model = build_model("mobilenet_v3_small", num_classes=5, image_size=(224, 224))
+        model = build_model("mobilenet_v3_small", num_classes=5, image_size=(224, 224),
+                            weights="imagenet")
+        set_backbone_trainable(model, False)     # --freeze-epochs: train the head first
 """
 
 from __future__ import annotations
@@ -17,25 +20,33 @@ import keras
 
 logger = logging.getLogger(__name__)
 
+BACKBONE = "backbone"
+HEAD = "logits"
 
-def _small_cnn(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    # The article's model: one Conv2D, Flatten, then the (float32) classifier added below.
-    return keras.layers.Flatten()(
-        keras.layers.Conv2D(32, (3, 3), activation="relu", name="conv")(inputs)
-    )
+
+def _small_cnn(shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    # The article's model: one Conv2D and Flatten, then the classifier added below.
+    if weights == "imagenet":
+        raise ValueError("small_cnn has no ImageNet weights; use --weights none or a file")
+    inputs = keras.Input(shape=shape)
+    x = keras.layers.Conv2D(32, (3, 3), activation="relu", name="conv")(inputs)
+    net = keras.Model(inputs, keras.layers.Flatten()(x), name=BACKBONE)
+    if weights:
+        net.load_weights(weights)
+    return net
 
 
 def _application(factory: Callable[..., keras.Model], **extra: object):
-    def backbone(inputs: keras.KerasTensor) -> keras.KerasTensor:
-        net = factory(include_top=False, weights=None, input_tensor=inputs, pooling="avg", **extra)
-        return net.output
+    def backbone(shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+        net = factory(include_top=False, weights=weights, input_shape=shape, pooling="avg", **extra)
+        return keras.Model(net.input, net.output, name=BACKBONE)
 
     return backbone
 
 
 # Name -> (backbone, input scale). Backbones with their own preprocessing layer expect pixel
 # values in [0, 255]; the others get [0, 1].
-_ARCHITECTURES: dict[str, tuple[Callable[[keras.KerasTensor], keras.KerasTensor], float]] = {
+_ARCHITECTURES: dict[str, tuple[Callable[..., keras.Model], float]] = {
     "small_cnn": (_small_cnn, 1 / 255),
     "mobilenet_v3_small": (
         _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
@@ -60,17 +71,27 @@ def build_model(
     num_classes: int,
     image_size: tuple[int, int],
     input_dtype: str = "uint8",
+    weights: str | None = None,
 ) -> keras.Model:
-    """An untrained classifier; `name` is one of `architectures()`."""
+    """A classifier returning float32 logits; `weights`: None, "imagenet" or a backbone file.
+
+    A pretrained backbone runs in inference mode (its BatchNormalization keeps its statistics,
+    as the Keras transfer-learning guide does), also once it is unfrozen.
+    """
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_ARCHITECTURES)}")
-    backbone, scale = _ARCHITECTURES[name]
+    make_backbone, scale = _ARCHITECTURES[name]
     inputs = keras.Input(shape=(*image_size, 3), dtype=input_dtype, name="image")
     # A float32 [0, 1] input is rescaled back to [0, 255] for backbones that expect it.
     if input_dtype == "float32":
         scale = scale * 255
     x = keras.layers.Rescaling(scale, name="rescale")(inputs)
-    x = backbone(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
-    probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
-    return keras.Model(inputs, probs, name=name)
+    backbone = make_backbone((*image_size, 3), weights)
+    x = backbone(x, training=False) if weights else backbone(x)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freezes or unfreezes the backbone; the head always trains."""
+    model.get_layer(BACKBONE).trainable = trainable

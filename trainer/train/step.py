@@ -31,8 +31,8 @@ def compile_steps(
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            probs = model(x, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
+            logits = model(x, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
             global_batch = tf.shape(y)[0] * replicas
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
@@ -40,7 +40,7 @@ def compile_steps(
             to_grad = optimizer.scale_loss(loss) if scaled else loss
         grads = tape.gradient(to_grad, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        correct = tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32) == y, tf.float32)
+        correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == y, tf.float32)
         digest = tf.reduce_sum(tf.cast(x, tf.float64)) + tf.reduce_sum(tf.cast(y, tf.float64)) * 1e9
         return tf.stack(
             [
@@ -64,9 +64,9 @@ def compile_steps(
         return totals, digests.stack()
 
     def eval_step(x, y, w):
-        probs = model(x, training=False)
-        per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
-        correct = tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32) == y, tf.float64)
+        logits = model(x, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == y, tf.float64)
         w = tf.cast(w, tf.float64)
         return tf.stack(
             [
