@@ -48,6 +48,7 @@ ENV_PREFIX = "TRAINER_"
 CONFIG_ENV = "TRAINER_CONFIG"
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 WEIGHTS_SUFFIXES = (".keras", ".weights.h5")
+BACKBONE_SUFFIXES = (".weights.h5", ".h5", ".keras")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 # Vertex AI custom training sets these; each is the default of one field.
@@ -84,6 +85,13 @@ MixedPrecision = Literal["auto", "off", "bf16", "fp16"]
 Remainder = Literal["pad", "drop"]
 InputDtype = Literal["uint8", "float32"]
 OnCorrupt = Literal["skip", "fail"]
+Resize = Literal["squash", "crop", "pad"]
+Augment = Literal["none", "basic", "strong"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+LrSchedule = Literal["constant", "cosine", "step"]
+ClassWeight = Literal["none", "balanced"]
+JitCompile = Literal["auto", "on", "off"]
+Keep = Literal["best", "last"]
 
 # Group order in --help and in the docs.
 GROUPS = (
@@ -250,6 +258,30 @@ class TrainConfig:
         le=4096,
         metavar="H,W",
     )
+    resize: Resize = _opt(  # noqa: RUF009
+        "squash",
+        help="how an image meets --image-size, the same in training, evaluation and the "
+        "export: squash stretches it, crop keeps the aspect ratio and cuts the centre, pad "
+        "keeps it and fills the borders with black",
+        group="Model",
+    )
+    weights: str = _opt(
+        "none",
+        help="backbone weights under a new classification head: none (random), imagenet "
+        "(the weights Keras publishes, downloaded by Keras), or a .weights.h5, .h5 or "
+        ".keras file (local or gs://, for clusters without internet; a .keras model from a "
+        "previous run gives its backbone)",
+        group="Model",
+        metavar="none|imagenet|URI",
+    )
+    freeze_epochs: int = _opt(
+        0,
+        help="train only the head for the first N epochs with the backbone frozen, then "
+        "fine-tune everything (needs --weights)",
+        group="Model",
+        ge=0,
+        metavar="N",
+    )
 
     # Training
     epochs: int = _opt(10, help="number of passes over the training data", group="Training", gt=0)
@@ -262,9 +294,74 @@ class TrainConfig:
     scale_lr: bool = _opt(
         False, help="multiply the learning rate by the number of replicas", group="Training"
     )
+    optimizer: Optimizer = _opt(  # noqa: RUF009
+        "adam",
+        help="optimizer: adam, adamw (decoupled weight decay) or sgd with momentum",
+        group="Training",
+    )
+    momentum: float = _opt(0.9, help="momentum of --optimizer sgd", group="Training", ge=0, lt=1)
+    weight_decay: float = _opt(
+        0.0,
+        help="weight decay (decoupled for adamw and sgd, L2-like for adam); 0 is off",
+        group="Training",
+        ge=0,
+        lt=1,
+    )
+    lr_schedule: LrSchedule = _opt(  # noqa: RUF009
+        "constant",
+        help="learning rate over the run after the warmup: constant, cosine (decays to 0) or "
+        "step (x0.1 after a third and after two thirds of the steps)",
+        group="Training",
+    )
+    warmup_epochs: float | None = _opt(
+        None,
+        help="raise the learning rate linearly from 0 over the first N epochs",
+        group="Training",
+        ge=0,
+        default_text="5 or a tenth of the epochs, the fewer, with --scale-lr; else 0",
+        metavar="N",
+    )
+    label_smoothing: float = _opt(
+        0.0, help="label smoothing of the cross-entropy loss", group="Training", ge=0, lt=1
+    )
+    clip_norm: float | None = _opt(
+        None,
+        help="clip the global gradient norm to this value",
+        group="Training",
+        gt=0,
+        metavar="NORM",
+    )
+    class_weight: ClassWeight = _opt(  # noqa: RUF009
+        "none",
+        help="weigh each sample's loss: none, or balanced (inverse class frequency in the "
+        "training split)",
+        group="Training",
+    )
+    early_stopping_patience: int = _opt(
+        0,
+        help="stop when validation accuracy has not improved for N epochs; 0 never stops",
+        group="Training",
+        ge=0,
+        metavar="N",
+    )
+    keep: Keep = _opt(  # noqa: RUF009
+        "best",
+        help="which weights are exported: the best epoch by validation accuracy, or the last",
+        group="Training",
+    )
+    jit_compile: JitCompile = _opt(  # noqa: RUF009
+        "auto", help="compile the training step with XLA: auto is on for GPUs", group="Training"
+    )
     mixed_precision: MixedPrecision = _opt(  # noqa: RUF009
         "auto",
         help="mixed precision policy: auto picks one by device, off is float32",
+        group="Training",
+    )
+    augment: Augment = _opt(  # noqa: RUF009
+        "none",
+        help="random augmentation inside the training step, drawn from (seed, step) so a "
+        "resumed run draws the same: basic = random resized crop and horizontal flip; strong "
+        "adds a small rotation and colour jitter. Never in evaluation or the export",
         group="Training",
     )
     deterministic: bool = _opt(

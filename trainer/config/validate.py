@@ -8,7 +8,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.config.fields import MANIFEST_SUFFIXES, WEIGHTS_SUFFIXES, ImageSize, TrainConfig
+from trainer.config.fields import (
+    BACKBONE_SUFFIXES,
+    MANIFEST_SUFFIXES,
+    WEIGHTS_SUFFIXES,
+    ImageSize,
+    TrainConfig,
+)
 from trainer.config.table import FIELD_BY_NAME, Field, format_value
 from trainer.errors import ConfigError
 
@@ -55,6 +61,7 @@ _URI_FIELDS = {
     "checkpoint_dir": True,
     "tensorboard_dir": True,
     "init_weights": True,
+    "weights": True,
     "cache_dir": False,
 }
 
@@ -164,6 +171,14 @@ def _check_uri(name: str, value: str, *, gcs_ok: bool) -> None:
     lower = value.lower().rstrip("/")
     if name == "data" and lower.endswith(_NOT_MANIFEST):
         raise _Invalid(f"a manifest must be a {' or '.join(MANIFEST_SUFFIXES)} file, got {value}")
+    if (
+        name == "weights"
+        and lower not in ("none", "imagenet")
+        and not lower.endswith(BACKBONE_SUFFIXES)
+    ):
+        raise _Invalid(
+            f"must be none, imagenet or a {', '.join(BACKBONE_SUFFIXES)} file, got {value}"
+        )
     if name == "init_weights" and not lower.endswith(WEIGHTS_SUFFIXES):
         raise _Invalid(
             f"must name a {' or '.join(WEIGHTS_SUFFIXES)} file (a Keras model or weights "
@@ -214,6 +229,26 @@ def check_combinations(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"{f['num_workers'].label} {cfg.num_workers} needs {f['worker_service'].label} and "
             f"{f['job_name'].label} to find the other workers; the k8s manifests set them"
+        )
+    if cfg.freeze_epochs and cfg.weights == "none":
+        raise ConfigError(
+            f"{f['freeze_epochs'].label} {cfg.freeze_epochs} freezes a pretrained backbone, but "
+            f"{f['weights'].label} is none; pass --weights imagenet or a weights file"
+        )
+    if cfg.freeze_epochs >= cfg.epochs:
+        raise ConfigError(
+            f"{f['freeze_epochs'].label} {cfg.freeze_epochs} leaves no epoch to fine-tune in "
+            f"{f['epochs'].label} {cfg.epochs}; use fewer frozen epochs or more epochs"
+        )
+    if cfg.warmup_epochs is not None and cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(
+            f"{f['warmup_epochs'].label} {format_value(cfg.warmup_epochs)} is longer than "
+            f"{f['epochs'].label} {cfg.epochs}"
+        )
+    if cfg.early_stopping_patience and cfg.val_split == 0:
+        raise ConfigError(
+            f"{f['early_stopping_patience'].label} needs a validation set, but "
+            f"{f['val_split'].label} is 0; set --val-split above 0"
         )
     if cfg.request_timeout_s > cfg.storage_deadline_s:
         raise ConfigError(
