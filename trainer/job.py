@@ -57,7 +57,9 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
             from trainer.model.trainable import build_trainable
             from trainer.train.loop import TrainLoop
 
-            trainable = build_trainable(config, setup, data.index, storage)
+            trainable = build_trainable(
+                config, setup, data.index, storage, steps_per_epoch=inputs.steps_per_epoch
+            )
             if cluster.is_chief:
                 outputs.begin()  # a rerun first withdraws the old _SUCCESS and BLESSED
             loop = TrainLoop(config, setup, inputs, trainable, storage, counters, hooks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from trainer.config.fields import AIP_DEFAULTS, EXIT_CODE_MEANINGS, GROUPS, MODELS
+from trainer.config.spec import AIP_DEFAULTS, EXIT_CODE_MEANINGS, GROUPS, MODELS
 from trainer.config.table import FIELD_BY_NAME, FIELDS
 
 _TABLE_HEADER = "| Flag | Environment variable | Config key | Type | Default | Meaning |"

@@ -8,7 +8,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from trainer.config.fields import CONFIG_ENV, EXIT_CODE_MEANINGS, GROUPS
+from trainer.config.spec import CONFIG_ENV, EXIT_CODE_MEANINGS, GROUPS
 from trainer.config.table import FIELDS
 from trainer.config.validate import suggest
 from trainer.errors import ConfigError

@@ -13,15 +13,15 @@ from typing import Any
 
 import yaml
 
-from trainer.config.fields import (
+from trainer.config.fields import TrainConfig
+from trainer.config.flags import make_parser
+from trainer.config.spec import (
     AIP_DEFAULTS,
     CONFIG_ENV,
     CONFIG_SUFFIXES,
     ENV_PREFIX,
     MANIFEST_SUFFIXES,
-    TrainConfig,
 )
-from trainer.config.flags import make_parser
 from trainer.config.table import FIELD_BY_NAME, FIELDS, format_value
 from trainer.config.validate import SCHEME, convert_or_raise, suggest
 from trainer.errors import ConfigError

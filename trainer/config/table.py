@@ -8,7 +8,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from trainer.config.fields import ENV_PREFIX, ImageSize, TrainConfig
+from trainer.config.fields import TrainConfig
+from trainer.config.spec import ENV_PREFIX, ImageSize
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.config.fields import (
-    BACKBONE_SUFFIXES,
-    MANIFEST_SUFFIXES,
-    WEIGHTS_SUFFIXES,
-    ImageSize,
-    TrainConfig,
-)
+from trainer.config.fields import TrainConfig
+from trainer.config.spec import BACKBONE_SUFFIXES, MANIFEST_SUFFIXES, WEIGHTS_SUFFIXES, ImageSize
 from trainer.config.table import FIELD_BY_NAME, Field, format_value
 from trainer.errors import ConfigError
 

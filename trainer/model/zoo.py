@@ -72,11 +72,13 @@ def build_model(
     image_size: tuple[int, int],
     input_dtype: str = "uint8",
     weights: str | None = None,
+    pretrained: bool | None = None,
 ) -> keras.Model:
     """A classifier returning float32 logits; `weights`: None, "imagenet" or a backbone file.
 
-    A pretrained backbone runs in inference mode (its BatchNormalization keeps its statistics,
-    as the Keras transfer-learning guide does), also once it is unfrozen.
+    A pretrained backbone (`pretrained`, default: weights given) runs in inference mode: its
+    BatchNormalization keeps its statistics, as the Keras transfer-learning guide does, also
+    once it is unfrozen.
     """
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_ARCHITECTURES)}")
@@ -87,7 +89,8 @@ def build_model(
         scale = scale * 255
     x = keras.layers.Rescaling(scale, name="rescale")(inputs)
     backbone = make_backbone((*image_size, 3), weights)
-    x = backbone(x, training=False) if weights else backbone(x)
+    pretrained = bool(weights) if pretrained is None else pretrained
+    x = backbone(x, training=False) if pretrained else backbone(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
     return keras.Model(inputs, logits, name=name)
 

@@ -127,8 +127,19 @@ class Checkpointer:
                 with contextlib.suppress(OSError):
                     os.rmdir(self._path(step))
 
-    def restore(self, *, model: Any, optimizer: Any) -> dict[str, Any] | None:
-        """Loads the newest complete checkpoint into `model`/`optimizer`; returns its state."""
+    def restore(
+        self,
+        *,
+        model: Any,
+        optimizer: Any,
+        keep_optimizer: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any] | None:
+        """Loads the newest complete checkpoint into `model`/`optimizer`; returns its state.
+
+        When `keep_optimizer(state)` is false (the checkpoint was trained another way, e.g.
+        under another dtype policy), only the model's weights are loaded and the optimizer
+        starts afresh.
+        """
         committed, _ = self._steps()
         for step in reversed(committed):
             try:
@@ -148,6 +159,9 @@ class Checkpointer:
                 )
                 continue
             variables = _variables(model, optimizer)
+            if keep_optimizer is not None and not keep_optimizer(state):
+                variables = list(model.variables)
+                arrays = arrays[: len(variables)]
             if len(arrays) != len(variables) or any(
                 tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables, strict=True)
             ):

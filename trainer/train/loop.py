@@ -27,12 +27,14 @@ from trainer.errors import TerminatedError
 from trainer.logs import is_tty
 from trainer.model.trainable import Trainable
 from trainer.train import failures, metrics
+from trainer.train.best import BestWeights
 from trainer.train.checkpoint import Checkpointer
 from trainer.train.feed import Feed
 from trainer.train.hooks import Hooks
 from trainer.train.inputs import Inputs
 from trainer.train.preemption import StopFlag
-from trainer.train.step import CompiledSteps, compile_steps
+from trainer.train.resume import patience_ran_out, resume
+from trainer.train.step import CompiledSteps, compile_steps, step_options
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ class TrainLoop:
         self.trace: list[list[Any]] = []
         # Per epoch, which training samples this worker fed: summed over workers at its end.
         self.fed: dict[int, np.ndarray] = {}
+        self.best = BestWeights(
+            f"{config.checkpoint_dir.rstrip('/')}/best",
+            storage=storage,
+            writer=setup.cluster.is_chief,
+        )
 
     def run(self, stop: StopFlag) -> dict[str, Any]:
         """`train`, with TensorFlow's errors turned into the user's own."""
@@ -70,7 +77,7 @@ class TrainLoop:
             raise
 
     def plan_key(self) -> dict[str, Any]:
-        """What the data order depends on: a checkpoint from another plan restarts its epoch."""
+        """What the data order depends on, and the dtype policy the optimizer state is for."""
         return {
             "seed": self.config.seed,
             "batch": self.config.batch_size,
@@ -79,35 +86,28 @@ class TrainLoop:
             "steps_per_epoch": self.steps_per_epoch,
             "remainder": self.config.remainder,
             "index": self.inputs.data.index.fingerprint(),
+            "policy": self.trainable.policy,
         }
 
-    def restore(self, checkpointer: Checkpointer) -> tuple[int, list[dict[str, Any]], np.ndarray]:
-        """(step, history, this epoch's totals so far) from the last committed checkpoint."""
-        model, optimizer = self.trainable.model, self.trainable.optimizer
-        state = checkpointer.restore(model=model, optimizer=optimizer) or {}
-        step = int(state.get("step", 0))
-        history: list[dict[str, Any]] = state.get("history", [])
-        totals = np.asarray(state.get("epoch_totals", [0.0, 0.0, 0.0]), dtype=np.float64)
-        self.trace = state.get("trace", [])
-        if state and state.get("plan") != self.plan_key():
-            # Another batch size, seed or worker count: the old order cannot be continued.
-            logger.warning(
-                "checkpoint was written with another data plan (%s); keeping its "
-                "weights and restarting epoch %d from its first batch",
-                state.get("plan"),
-                step // self.steps_per_epoch,
-            )
-            step = (step // self.steps_per_epoch) * self.steps_per_epoch
-            totals[:] = 0
-        if state:
+    def compile_for(self, epoch: int) -> CompiledSteps:
+        """The compiled steps for `epoch`'s phase (backbone frozen or not)."""
+        self.trainable.enter_phase(epoch)
+        if self.trainable.freeze_epochs:
             logger.info(
-                "resumed from checkpoint at step %d: epoch %d, batch %d of %d",
-                step,
-                step // self.steps_per_epoch + 1,
-                step % self.steps_per_epoch,
-                self.steps_per_epoch,
+                "epoch %d: backbone %s",
+                epoch + 1,
+                "frozen, training the head" if self.trainable.frozen_in(epoch) else "trainable",
             )
-        return step, history, totals
+        return compile_steps(
+            self.setup.strategy,
+            self.trainable.model,
+            self.trainable.optimizer,
+            self.trainable.stop_votes,
+            local_replicas=self.setup.local_replicas,
+            options=step_options(
+                self.config, self.inputs.data, gpus=self.setup.gpus, hooks=self.hooks
+            ),
+        )
 
     def train(self, stop: StopFlag) -> dict[str, Any]:
         import tensorflow as tf
@@ -120,15 +120,11 @@ class TrainLoop:
             writer=cluster.is_chief,
             before_commit=lambda: self.hooks.reached("checkpoint_write"),
         )
-        step, history, totals = self.restore(checkpointer)
-        plan = self.plan_key()
-        steps_fn = compile_steps(
-            self.setup.strategy,
-            trainable.model,
-            trainable.optimizer,
-            trainable.stop_votes,
-            local_replicas=self.setup.local_replicas,
+        step, history, totals, self.trace = resume(
+            checkpointer, self.trainable, plan=self.plan_key(), steps_per_epoch=self.steps_per_epoch
         )
+        plan = self.plan_key()
+        steps_fn = self.compile_for(step // self.steps_per_epoch)
         board = None
         if cluster.is_chief:
             board = metrics.TensorBoard(config.tensorboard_dir, storage=self.storage)
@@ -138,8 +134,12 @@ class TrainLoop:
             )
         )
         window, epoch_meter = metrics.Meter(self.counters), metrics.Meter(self.counters)
-        window_start, progbar = step, None
-        while step < self.total_steps:
+        window_start, progbar, stopped_early = (
+            step,
+            None,
+            patience_ran_out(history, self.config.early_stopping_patience),
+        )
+        while step < self.total_steps and not stopped_early:
             epoch, index = divmod(step, self.steps_per_epoch)
             if is_tty() and progbar is None:
                 import keras
@@ -152,7 +152,9 @@ class TrainLoop:
                 self.steps_per_epoch - index,
                 config.checkpoint_every - step % config.checkpoint_every,
             )
-            chunk, digests = steps_fn.train_chunk(iterator, tf.constant(steps))
+            chunk, digests = steps_fn.train_chunk(
+                iterator, tf.constant(steps), tf.constant(step, tf.int64)
+            )
             chunk = chunk.numpy()
             step += steps
             for _ in range(steps):
@@ -183,10 +185,16 @@ class TrainLoop:
             terminating = chunk[4] > 0
             if index == self.steps_per_epoch:
                 history.append(self.end_epoch(epoch, totals, epoch_meter, steps_fn, board))
+                metrics.keep_confusions(history)
                 self.hooks.reached("epoch_end")
                 totals[:] = 0
                 progbar = None
                 epoch_meter.mark()
+                stopped_early = patience_ran_out(history, self.config.early_stopping_patience)
+                if step < self.total_steps and trainable.frozen_in(epoch) != trainable.frozen_in(
+                    epoch + 1
+                ):
+                    steps_fn = self.compile_for(epoch + 1)
             if (
                 terminating
                 or step % config.checkpoint_every == 0
@@ -205,10 +213,10 @@ class TrainLoop:
                     f"(epoch {step // self.steps_per_epoch + 1}); checkpoint written, restart "
                     "the job to resume"
                 )
-        return {"history": history, "step": step, "trace": self.trace}
+        return {"history": history, "step": step, "trace": self.trace, "best": self.best}
 
-    def evaluate(self, steps_fn: CompiledSteps) -> dict[str, float]:
-        """Validation loss and accuracy over every validation object, once."""
+    def evaluate(self, steps_fn: CompiledSteps) -> dict[str, Any]:
+        """Validation figures over every validation object, once."""
         val_seq = self.inputs.val_seq
         if val_seq is None:
             return {}
@@ -216,12 +224,10 @@ class TrainLoop:
 
         self.hooks.reached("eval")
         iterator = iter(self.feed.validation(val_seq))
-        loss, correct, count = steps_fn.eval_all(iterator, tf.constant(len(val_seq))).numpy()
-        return {
-            "val_loss": loss / count,
-            "val_accuracy": correct / count,
-            "val_samples": int(count),
-        }
+        totals, confusion = steps_fn.eval_all(iterator, tf.constant(len(val_seq)))
+        return metrics.validation_record(
+            totals.numpy(), confusion.numpy(), self.inputs.data.index.class_names
+        )
 
     def end_epoch(
         self,
@@ -242,8 +248,14 @@ class TrainLoop:
             round(float(v)) for v in steps_fn.sum_over_workers(tf.constant(mine)).numpy()
         ]
         metrics.log_epoch(record, epochs=self.config.epochs)
+        if "val_accuracy" in record and self.best.offer(
+            epoch=epoch + 1, val_accuracy=record["val_accuracy"], model=self.trainable.model
+        ):
+            record["best"] = True
         if board is not None:
-            board.write(epoch=epoch + 1, record=record)
+            board.write(
+                epoch=epoch + 1, record=record, class_names=self.inputs.data.index.class_names
+            )
         return record
 
     def state(

@@ -22,7 +22,16 @@ from trainer.data.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "images_per_s", "data_wait_fraction")
+SCALARS = (
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_top5_accuracy",
+    "images_per_s",
+    "data_wait_fraction",
+)
+TOP5_FROM = 6  # top-5 accuracy is reported when there are more than 5 classes
 
 
 class Meter:
@@ -78,6 +87,34 @@ def epoch_record(epoch: int, totals: np.ndarray, meter: Meter) -> dict[str, Any]
     }
 
 
+def validation_record(
+    totals: np.ndarray, confusion: np.ndarray, class_names: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """val_loss, val_accuracy (and top-5), per-class precision and recall, the confusion matrix."""
+    from trainer.train.confusion import per_class
+
+    loss, correct, count, top5 = totals
+    record: dict[str, Any] = {
+        "val_loss": loss / count,
+        "val_accuracy": correct / count,
+        "val_samples": int(count),
+    }
+    if len(class_names) >= TOP5_FROM:
+        record["val_top5_accuracy"] = top5 / count
+    record["val_per_class"] = per_class(confusion, class_names)
+    record["val_confusion"] = np.rint(confusion).astype(int).tolist()
+    return record
+
+
+def keep_confusions(history: list[dict[str, Any]]) -> None:
+    """Drops the confusion matrix from every epoch record but the last and the best."""
+    scores = [h.get("val_accuracy", -1.0) for h in history]
+    keep = {len(history) - 1, int(np.argmax(scores))} if history else set()
+    for i, record in enumerate(history):
+        if i not in keep:
+            record.pop("val_confusion", None)
+
+
 def log_epoch(record: dict[str, Any], *, epochs: int) -> None:
     val = (
         f" val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f}"
@@ -106,7 +143,9 @@ class TensorBoard:
         self.local_dir = tempfile.mkdtemp(prefix="streamtrain-tb-")
         self.writer = tf.summary.create_file_writer(self.local_dir)
 
-    def write(self, *, epoch: int, record: dict[str, Any]) -> None:
+    def write(
+        self, *, epoch: int, record: dict[str, Any], class_names: list[str] | tuple[str, ...] = ()
+    ) -> None:
         import tensorflow as tf
         from tensorflow.core.framework import summary_pb2
 
@@ -119,6 +158,20 @@ class TensorBoard:
             for key in SCALARS:
                 if key in record:
                     tf.summary.write(key, tf.constant(record[key], tf.float32), metadata=metadata)
+            if "val_confusion" in record and class_names:
+                from trainer.train.confusion import confusion_png
+
+                png = confusion_png(np.asarray(record["val_confusion"]), class_names)
+                # The images plugin's layout: [width, height, encoded image...] as strings.
+                image = tf.io.decode_png(png)
+                shape = tf.shape(image)
+                tensor = tf.stack(
+                    [tf.strings.as_string(shape[1]), tf.strings.as_string(shape[0]), png]
+                )
+                images = summary_pb2.SummaryMetadata(
+                    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images")
+                ).SerializeToString()
+                tf.summary.write("val_confusion_matrix", tensor, metadata=images)
         self.writer.flush()
         self.storage.upload_dir(self.local_dir, self.uri)
 
