@@ -84,6 +84,7 @@ def build_inputs(
         cache = ByteCache(config.cache_dir, max_bytes=config.cache_size_mb << 20)
     common = dict(
         image_size=tuple(config.image_size),
+        resize=config.resize,
         storage=storage,
         dtype=config.dtype,
         replica_multiple=setup.local_replicas,
