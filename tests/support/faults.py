@@ -28,15 +28,25 @@ _SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 
 
 class FaultPlan:
-    def __init__(self, faults: dict[str, list[tuple[int, signal.Signals]]] | None = None) -> None:
+    def __init__(
+        self,
+        faults: dict[str, list[tuple[int, signal.Signals]]] | None = None,
+        overflow_step: int = -1,
+    ) -> None:
         self._faults = faults or {}
         self._hits: collections.Counter[str] = collections.Counter()
+        # `overflow@N`: the loss of replica 1 is made non-finite at global step N (0-based).
+        self.overflow_step = overflow_step
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaultPlan:
         spec = env.get(ENV, "").strip()
         faults: dict[str, list[tuple[int, signal.Signals]]] = {}
+        overflow = -1
         for item in filter(None, (part.strip() for part in spec.split(","))):
+            if item.startswith("overflow@"):
+                overflow = int(item.removeprefix("overflow@"))
+                continue
             try:
                 where, _, sig = item.partition(":")
                 point, _, count = where.partition("@")
@@ -48,9 +58,9 @@ class FaultPlan:
                     f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL] "
                     f"with POINT one of {', '.join(POINTS)}"
                 ) from None
-        if faults:
+        if faults or overflow >= 0:
             logger.warning("fault injection armed: %s", spec)
-        return cls(faults)
+        return cls(faults, overflow)
 
     def reached(self, point: str) -> None:
         if point not in self._faults:

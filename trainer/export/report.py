@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from trainer.data.counters import Counters
 from trainer.distribute.strategy import StrategySetup
 from trainer.errors import QualityGateError
@@ -16,6 +18,7 @@ from trainer.export.outputs import Outputs
 from trainer.export.serving import export_model
 from trainer.model.trainable import Trainable
 from trainer.train import metrics
+from trainer.train.confusion import confusion_png
 from trainer.train.hooks import Hooks
 from trainer.train.inputs import Inputs
 
@@ -35,15 +38,22 @@ def finish(
 ) -> int:
     """Writes the outputs (chief only) and judges the gate; returns 0 or raises."""
     cluster, history = setup.cluster, result["history"]
-    final = metrics.final_validation(history)
-    gate = metrics.Gate(config.min_val_accuracy, final.get("val_accuracy"))
     weights_sha256 = metrics.weights_digest(trainable.model)
     logger.info("final weights sha256 %s (worker %d)", weights_sha256, cluster.task_index)
+    kept = history[-1]["epoch"] if history else None
+    if cluster.is_chief and config.keep == "best" and result.get("best") is not None:
+        kept = result["best"].restore_into(trainable.model) or kept
+    record = next((h for h in history if h["epoch"] == kept), history[-1] if history else {})
+    final = {k: v for k, v in record.items() if k.startswith("val_") and k != "val_confusion"}
+    gate = metrics.Gate(config.min_val_accuracy, final.get("val_accuracy"))
     if cluster.is_chief:
         data = inputs.data
         summary = {
             "history": history,
             "final": final,
+            "kept": {"keep": config.keep, "epoch": kept},
+            "val_confusion": record.get("val_confusion"),
+            "replicas_in_sync": result.get("replicas_in_sync"),
             "quality_gate": {**gate.to_dict(), "passed": gate.passed},
             "images_per_s": metrics.mean_of(history, "images_per_s"),
             "data_wait_fraction": metrics.mean_of(history, "data_wait_fraction"),
@@ -77,6 +87,9 @@ def finish(
             hooks=hooks,
         )
         written["labels"] = outputs.write_labels(data.index.class_names)
+        if record.get("val_confusion"):
+            png = confusion_png(np.asarray(record["val_confusion"]), data.index.class_names)
+            written["confusion_matrix"] = outputs.write_bytes("confusion_matrix.png", png)
         written["metrics"] = outputs.write_json("metrics.json", summary)
         written["tensorboard"] = config.tensorboard_dir or outputs.uri("tensorboard")
         outputs.finish(blessed=gate.passed, gate=gate.to_dict())

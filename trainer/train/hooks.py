@@ -17,11 +17,17 @@ POINTS = ("step", "epoch_end", "eval", "checkpoint_write", "export")
 
 
 class Hooks(Protocol):
+    # A global step at which replica 1's loss is made non-finite (-1: never), to test that
+    # an overflow is skipped on every replica alike.
+    overflow_step: int
+
     def reached(self, point: str) -> None: ...
 
 
 class NoHooks:
     """The production seam: every point passes untouched."""
+
+    overflow_step = -1
 
     def reached(self, point: str) -> None:
         del point

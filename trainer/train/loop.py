@@ -213,7 +213,13 @@ class TrainLoop:
                     f"(epoch {step // self.steps_per_epoch + 1}); checkpoint written, restart "
                     "the job to resume"
                 )
-        return {"history": history, "step": step, "trace": self.trace, "best": self.best}
+        return {
+            "history": history,
+            "step": step,
+            "trace": self.trace,
+            "best": self.best,
+            "replicas_in_sync": metrics.replicas_in_sync(trainable.model, self.setup.strategy),
+        }
 
     def evaluate(self, steps_fn: CompiledSteps) -> dict[str, Any]:
         """Validation figures over every validation object, once."""

@@ -206,5 +206,14 @@ def weights_digest(model: Any) -> str:
     return digest.hexdigest()
 
 
+def replicas_in_sync(model: Any, strategy: Any) -> bool:
+    """Whether every local replica holds the same value of every model variable."""
+    for variable in model.variables:
+        values = [np.asarray(v) for v in strategy.experimental_local_results(variable.value)]
+        if any(not np.array_equal(values[0], v) for v in values[1:]):
+            return False
+    return True
+
+
 def mean_of(history: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([h[key] for h in history])) if history else 0.0

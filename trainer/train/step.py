@@ -56,7 +56,7 @@ def step_options(config: Any, data: Any, *, gpus: int, hooks: Any) -> StepOption
         label_smoothing=config.label_smoothing,
         class_weights=weights,
         jit_compile=jit,
-        overflow_step=getattr(hooks, "overflow_step", -1),
+        overflow_step=hooks.overflow_step,
     )
 
 
