@@ -5,7 +5,7 @@
     LAUNCH_IMAGE=... LAUNCH_DATA=... LAUNCH_OUTPUT=... LAUNCH_WAIT=true python scripts/launch.py
 
 Validate everything, render with kustomize, then print (--dry-run) or submit and, with
---wait, follow the Job; the exit code says how it ended (see --help).
+--wait, follow the Job (or JobSet); the exit code says how it ended (see --help).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     where.add_argument(
         "--overlay",
         default=env("OVERLAY", "gke"),
-        help="k8s/overlays/<name>: gke, multi-worker, gke-multi-worker, kueue (gke)",
+        help="k8s/overlays/<name>: gke, multi-worker, gke-multi-worker, kueue, jobset (gke)",
     )
     where.add_argument("--queue", default=env("QUEUE"), help="Kueue LocalQueue to submit to")
     where.add_argument("--name", default=env("NAME"), help="exact Job name (default: unique)")
@@ -145,7 +145,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--wait",
         action="store_true",
         default=env_bool("WAIT"),
-        help="follow the Job until it completes or fails",
+        help="follow the Job (or JobSet) until it completes or fails",
     )
     how.add_argument(
         "--timeout",
@@ -212,12 +212,21 @@ def launch(
 
         api = connect(kubeconfig=args.kubeconfig, context=args.context)
         with api:
-            submit(api, docs, namespace=opts.namespace)
-            print(f"job/{name} submitted to namespace {opts.namespace}", file=out, flush=True)
+            kind, _ = submit(api, docs, namespace=opts.namespace)
+            print(
+                f"{kind.lower()}/{name} submitted to namespace {opts.namespace}",
+                file=out,
+                flush=True,
+            )
             if not args.wait:
                 return LaunchExit.OK
             return follow_job(
-                api, namespace=opts.namespace, name=name, timeout_s=args.timeout, out=out
+                api,
+                namespace=opts.namespace,
+                name=name,
+                timeout_s=args.timeout,
+                out=out,
+                kind=kind,
             )
     except LaunchError as e:
         logger.error("%s", e)

@@ -19,7 +19,7 @@ class LaunchExit(enum.IntEnum):
     QUALITY_GATE = 3
     NO_GPU = 4
     STORAGE_UNAVAILABLE = 5
-    JOB_FAILED = 10  # the Job ran out of retries (BackoffLimitExceeded) or failed otherwise
+    JOB_FAILED = 10  # out of retries (BackoffLimitExceeded, ReachedMaxRestarts) or failed otherwise
     JOB_DEADLINE = 11  # the Job ran past activeDeadlineSeconds (DeadlineExceeded)
     TIMEOUT = 12  # --timeout reached while waiting; the Job is left running
     API_DENIED = 13  # 401 Unauthorized or 403 Forbidden from the API server
@@ -33,14 +33,16 @@ class LaunchExit(enum.IntEnum):
 # Shown by --help and in docs/operations.md.
 EXIT_CODE_HELP = """\
 exit codes:
-  0   the Job completed
+  0   the Job (or JobSet) completed
   2   bad launcher input, or the trainer rejected its configuration or data
   3   the trainer's quality gate failed
   4   the trainer saw fewer GPUs than requested
   5   the object store stayed unavailable through the last retry
-  10  the Job failed: out of retries (BackoffLimitExceeded) or another failure
+  10  the Job failed: out of retries (BackoffLimitExceeded; a JobSet: ReachedMaxRestarts)
+      or another failure
   11  the Job ran past its activeDeadlineSeconds (DeadlineExceeded)
   12  --timeout reached while waiting (the Job keeps running); the reason is printed
+      (why pods are Pending, or what Kueue's Workload waits for)
   13  the API server refused the credentials (401) or the action (403)
   14  the API server is unreachable, or no kubeconfig / in-cluster config is usable
   15  an object with the Job's name already exists (409)

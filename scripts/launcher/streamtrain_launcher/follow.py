@@ -1,14 +1,16 @@
-"""Follow a submitted Job with the watch API until it completes or fails.
+"""Follow a submitted Job or JobSet with the watch API until it completes or fails.
 
 `kubectl wait` cannot wait for "Complete or Failed" (kubernetes/kubectl#1629); this can, and
 it also streams every pod's log as the pod starts (prefixed by its worker index), says why
-pods are Pending, and on failure prints the pods' events and termination messages.
+pods are Pending or why Kueue keeps the Job suspended, and on failure prints the pods' events
+and termination messages.
 
     code = follow_job(api, namespace="streamtrain", name="streamtrain-abc-x7k2p",
-                      timeout_s=6 * 3600, out=sys.stdout)
+                      timeout_s=6 * 3600, out=sys.stdout, kind="Job")   # or kind="JobSet"
 
-Two watcher threads (the Job, its pods) feed one queue; the caller's thread owns all state.
-A watch that expires (410 Gone) is resumed by listing again.
+Two watcher threads (the Job or JobSet, its pods) feed one queue; the caller's thread owns all
+state. A watch that expires (410 Gone) is resumed by listing again. A JobSet's pods are
+found by its `jobset.sigs.k8s.io/jobset-name` label, across its restarts.
 """
 
 from __future__ import annotations
@@ -25,24 +27,31 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
-from streamtrain_launcher.kube import api_errors, translate
+from streamtrain_launcher.kube import JOBSET, api_errors, translate
+from streamtrain_launcher.queueing import QueueExplainer, is_queued
 
 logger = logging.getLogger(__name__)
 
 CONTAINER = "trainer"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+RESTART_LABEL = "jobset.sigs.k8s.io/restart-attempt"
+# The condition types that end a Job and a JobSet: (succeeded, failed).
+FINAL = {"Job": ("Complete", "Failed"), "JobSet": ("Completed", "Failed")}
 # Waiting reasons that are progress, not problems.
 NORMAL_WAITING = frozenset({"ContainerCreating", "PodInitializing"})
 # Trainer exit codes that stop the Job at once (podFailurePolicy FailJob).
 VERDICT_CODES = (LaunchExit.BAD_INPUT, LaunchExit.QUALITY_GATE, LaunchExit.NO_GPU)
 MAX_WATCH_FAILURES = 5
 LOG_DRAIN_S = 10.0
+# How often, at most, the Workload of a Kueue-suspended Job is read again while it waits.
+QUEUE_POLL_S = 15.0
 
 
 @dataclass(frozen=True)
 class Event:
-    source: str  # "job", "pod" or "error"
+    source: str  # "job" (the Job or JobSet), "pod" or "error"
     type: str  # ADDED, MODIFIED, DELETED, or "" for errors
     obj: Any  # the object as JSON (a dict), or the LaunchError
 
@@ -74,10 +83,17 @@ def worker_index(pod: dict[str, Any]) -> str:
     return labels.get(INDEX_LABEL, "0")
 
 
-def job_condition(job: dict[str, Any]) -> dict[str, Any] | None:
-    """The Job's final condition (Complete or Failed) once it has one."""
+def worker_prefix(pod: dict[str, Any]) -> str:
+    """`worker I`, and `restart R` for the pods of a JobSet's R-th restart."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    restart = labels.get(RESTART_LABEL, "0")
+    return f"worker {worker_index(pod)}" + (f" restart {restart}" if restart != "0" else "")
+
+
+def job_condition(job: dict[str, Any], kind: str = "Job") -> dict[str, Any] | None:
+    """The final condition (Complete or Failed; a JobSet's Completed or Failed), once set."""
     for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+        if condition.get("type") in FINAL[kind] and condition.get("status") == "True":
             return condition
     return None
 
@@ -102,7 +118,7 @@ def failure_exit_code(condition: dict[str, Any], pods: list[dict[str, Any]]) -> 
 
 
 class JobFollower:
-    """Follows one Job; `run()` returns the launcher's exit code."""
+    """Follows one Job or JobSet; `run()` returns the launcher's exit code."""
 
     def __init__(
         self,
@@ -113,12 +129,22 @@ class JobFollower:
         timeout_s: float | None,
         out: TextIO,
         watch_timeout_s: int = 60,
+        kind: str = "Job",
     ) -> None:
+        if kind not in FINAL:
+            raise ValueError(f"cannot follow a {kind}")
         self.api = api
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.kind = kind
         self.namespace = namespace
         self.name = name
+        self.pod_selector = f"{JOB_NAME_LABEL if kind == 'Job' else JOBSET_NAME_LABEL}={name}"
+        self.queue = QueueExplainer(api, namespace=namespace)
+        self.queue_reason: str | None = None
+        self.queue_checked = 0.0
+        self.restarts = 0
         self.timeout_s = timeout_s
         self.out = out
         self.watch_timeout_s = watch_timeout_s
@@ -130,6 +156,17 @@ class JobFollower:
         self.reported: dict[str, str | None] = {}
         self.job: dict[str, Any] | None = None
 
+    @property
+    def what(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def _list_jobsets(self, namespace: str, **kwargs: Any) -> Any:
+        """list_namespaced_custom_object for JobSets, shaped like the typed list calls."""
+        group, version, plural = JOBSET
+        return self.custom.list_namespaced_custom_object(
+            group, version, namespace, plural, **kwargs
+        )
+
     # -- watchers (threads) -------------------------------------------------------------
 
     def _watch(self, source: str, list_fn: Callable[..., Any], **selector: str) -> None:
@@ -139,12 +176,15 @@ class JobFollower:
         while not self.stop.is_set():
             try:
                 if resource_version is None:
-                    listing = list_fn(self.namespace, **selector)
-                    resource_version = listing.metadata.resource_version
-                    for item in listing.items:
-                        obj = self.api.sanitize_for_serialization(item)
+                    # Typed lists (V1JobList) and custom-object lists (dicts) alike, as JSON.
+                    listing = self.api.sanitize_for_serialization(
+                        list_fn(self.namespace, **selector)
+                    )
+                    items = listing.get("items") or []
+                    resource_version = listing["metadata"]["resourceVersion"]
+                    for obj in items:
                         self.events.put(Event(source, "ADDED", obj))
-                    if source == "job" and not listing.items:
+                    if source == "job" and not items:
                         # Created moments ago and already gone: someone deleted it.
                         self.events.put(Event(source, "DELETED", {}))
                         return
@@ -166,11 +206,12 @@ class JobFollower:
             except ApiException as e:
                 if e.status == 410:
                     # The resourceVersion is older than the server keeps: start over.
-                    logger.info("%s watch expired (410 Gone); listing again", source)
+                    logger.info("%s watch expired (410 Gone); listing again", self._noun(source))
                     resource_version = None
                     continue
                 if e.status and e.status < 500:
-                    self.events.put(Event("error", "", translate(e, what=f"watching {source}s")))
+                    error = translate(e, what=f"watching {self._noun(source)}s")
+                    self.events.put(Event("error", "", error))
                     return
                 failures += 1
                 last: Exception = e
@@ -180,9 +221,10 @@ class JobFollower:
             else:
                 continue
             if failures >= MAX_WATCH_FAILURES:
-                self.events.put(Event("error", "", translate(last, what=f"watching {source}s")))
+                error = translate(last, what=f"watching {self._noun(source)}s")
+                self.events.put(Event("error", "", error))
                 return
-            logger.info("%s watch interrupted (%s); reconnecting", source, last)
+            logger.info("%s watch interrupted (%s); reconnecting", self._noun(source), last)
             self.stop.wait(min(2**failures * 0.2, 5))
 
     def _stream_logs(self, pod_name: str, prefix: str) -> None:
@@ -201,6 +243,9 @@ class JobFollower:
             # Logs are a convenience: a failed stream must not fail the launch.
             logger.warning("logs of pod %s unavailable: %s", pod_name, e)
 
+    def _noun(self, source: str) -> str:
+        return self.kind.lower() if source == "job" else source
+
     # -- state (caller's thread) --------------------------------------------------------
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
@@ -211,23 +256,67 @@ class JobFollower:
         self.pods[name] = pod
         reason = pending_reason(pod)
         if reason != self.reported.get(name) and reason:
-            logger.warning("pod %s (worker %s) waiting: %s", name, worker_index(pod), reason)
+            logger.warning("pod %s (%s) waiting: %s", name, worker_prefix(pod), reason)
         self.reported[name] = reason
         state = trainer_state(pod)
         if name not in self.log_threads and ("running" in state or "terminated" in state):
-            prefix = f"worker {worker_index(pod)}"
+            prefix = worker_prefix(pod)
             thread = threading.Thread(
                 target=self._stream_logs, args=(name, prefix), name=f"logs-{name}", daemon=True
             )
             self.log_threads[name] = thread
             thread.start()
 
+    def _explain_queue(self, *, force: bool = False) -> None:
+        """Reads the Workload of a Kueue-suspended Job; logs what it waits for when that changes."""
+        if not (self.job and is_queued(self.job)):
+            return
+        now = time.monotonic()
+        if not force and self.queue_reason is not None and now - self.queue_checked < QUEUE_POLL_S:
+            return
+        self.queue_checked = now
+        reason = self.queue.explain(self.job)
+        if reason != self.queue_reason:
+            logger.warning("%s waiting: %s", self.what, reason)
+        self.queue_reason = reason
+
+    def _on_top(self, obj: dict[str, Any]) -> None:
+        """A new state of the Job or JobSet: Kueue's verdict, a JobSet's restarts."""
+        was_queued = self.job is not None and is_queued(self.job)
+        self.job = obj
+        if is_queued(obj):
+            self._explain_queue(force=not was_queued)
+        elif was_queued:
+            logger.info("%s admitted: no longer suspended", self.what)
+            self.queue_reason = None
+        restarts = int((obj.get("status") or {}).get("restarts") or 0)
+        if restarts > self.restarts:
+            self.restarts = restarts
+            restarting = next(
+                (
+                    c
+                    for c in (obj.get("status") or {}).get("conditions") or []
+                    if c.get("type") == "RestartingJobSet"
+                ),
+                {},
+            )
+            logger.warning(
+                "%s restarting every worker (restart %d): %s: %s",
+                self.what,
+                restarts,
+                restarting.get("reason", "?"),
+                restarting.get("message", ""),
+            )
+
     def _waiting_summary(self) -> str:
         reasons = [f"pod {n}: {r}" for n, r in sorted(self.reported.items()) if r]
         if reasons:
             return "; ".join(reasons)
+        if self.job and is_queued(self.job):
+            self._explain_queue(force=True)
+            return f"the {self.kind} is {self.queue_reason}"
         if self.job and (self.job.get("spec") or {}).get("suspend"):
-            return "the Job is suspended (waiting for Kueue to admit it?)"
+            return f"the {self.kind} is suspended"
         if not self.pods:
             return "no pods created yet"
         phases = sorted({(p.get("status") or {}).get("phase", "?") for p in self.pods.values()})
@@ -238,24 +327,42 @@ class JobFollower:
         for thread in self.log_threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def _failed_jobs(self) -> list[dict[str, Any]]:
+        """A JobSet's failed child Jobs (their reasons say what ended the run)."""
+        with api_errors(f"Jobs of {self.what}"):
+            listing = self.batch.list_namespaced_job(
+                self.namespace, label_selector=f"{JOBSET_NAME_LABEL}={self.name}"
+            )
+        jobs = [self.api.sanitize_for_serialization(j) for j in listing.items]
+        return [j for j in jobs if (job_condition(j) or {}).get("type") == "Failed"]
+
     def _report_failure(self, condition: dict[str, Any]) -> LaunchExit:
-        with api_errors(f"pods of Job {self.namespace}/{self.name}"):
+        with api_errors(f"pods of {self.what}"):
             listing = self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"{JOB_NAME_LABEL}={self.name}"
+                self.namespace, label_selector=self.pod_selector
             )
         pods = [self.api.sanitize_for_serialization(p) for p in listing.items]
         pods.sort(key=lambda p: (int(worker_index(p)), p["metadata"].get("creationTimestamp", "")))
         logger.error(
-            "Job %s/%s failed: %s: %s",
-            self.namespace,
-            self.name,
-            condition.get("reason"),
-            condition.get("message", ""),
+            "%s failed: %s: %s", self.what, condition.get("reason"), condition.get("message", "")
         )
+        verdict = condition
+        if self.kind == "JobSet":
+            for job in self._failed_jobs():
+                failed = job_condition(job)
+                with self.print_lock:
+                    print(
+                        f"job {job['metadata']['name']} failed: {failed.get('reason')}: "
+                        f"{failed.get('message', '')}",
+                        file=self.out,
+                        flush=True,
+                    )
+                if failed.get("reason") == "DeadlineExceeded":
+                    verdict = failed
         for pod in pods:
             pod_name = pod["metadata"]["name"]
             terminated = trainer_state(pod).get("terminated") or {}
-            lines = [f"pod {pod_name} (worker {worker_index(pod)})"]
+            lines = [f"pod {pod_name} ({worker_prefix(pod)})"]
             if terminated:
                 lines.append(
                     f"  exit code {terminated.get('exitCode')} ({terminated.get('reason', '')})"
@@ -273,24 +380,25 @@ class JobFollower:
                 lines.extend(f"    {e.type} {e.reason}: {e.message}" for e in events.items)
             with self.print_lock:
                 print("\n".join(lines), file=self.out, flush=True)
-        code = failure_exit_code(condition, pods)
+        code = failure_exit_code(verdict, pods)
         logger.error("exit code %d (%s)", code, code.name)
         return code
 
     def run(self) -> LaunchExit:
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        list_top = self.batch.list_namespaced_job if self.kind == "Job" else self._list_jobsets
         watchers = [
             threading.Thread(
                 target=self._watch,
-                args=("job", self.batch.list_namespaced_job),
+                args=("job", list_top),
                 kwargs={"field_selector": f"metadata.name={self.name}"},
-                name="watch-job",
+                name=f"watch-{self.kind.lower()}",
                 daemon=True,
             ),
             threading.Thread(
                 target=self._watch,
                 args=("pod", self.core.list_namespaced_pod),
-                kwargs={"label_selector": f"{JOB_NAME_LABEL}={self.name}"},
+                kwargs={"label_selector": self.pod_selector},
                 name="watch-pods",
                 daemon=True,
             ),
@@ -307,13 +415,14 @@ class JobFollower:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise LaunchError(
-                    f"--timeout {self.timeout_s:g}s reached; Job {self.namespace}/{self.name} "
-                    f"keeps running: {self._waiting_summary()}",
+                    f"--timeout {self.timeout_s:g}s reached; {self.what} keeps running: "
+                    f"{self._waiting_summary()}",
                     LaunchExit.TIMEOUT,
                 )
             try:
                 event = self.events.get(timeout=min(1.0, remaining or 1.0))
             except queue.Empty:
+                self._explain_queue()
                 continue
             if event.source == "error":
                 raise event.obj
@@ -322,16 +431,15 @@ class JobFollower:
                 continue
             if event.type == "DELETED":
                 raise LaunchError(
-                    f"Job {self.namespace}/{self.name} was deleted while being followed",
-                    LaunchExit.JOB_DELETED,
+                    f"{self.what} was deleted while being followed", LaunchExit.JOB_DELETED
                 )
-            self.job = event.obj
-            condition = job_condition(event.obj)
+            self._on_top(event.obj)
+            condition = job_condition(event.obj, self.kind)
             if condition is None:
                 continue
             self._drain_logs()
-            if condition["type"] == "Complete":
-                logger.info("Job %s/%s completed", self.namespace, self.name)
+            if condition["type"] == FINAL[self.kind][0]:
+                logger.info("%s completed", self.what)
                 return LaunchExit.OK
             return self._report_failure(condition)
 
@@ -344,8 +452,10 @@ def follow_job(
     timeout_s: float | None,
     out: TextIO,
     watch_timeout_s: int = 60,
+    kind: str = "Job",
 ) -> LaunchExit:
-    """Follows Job `namespace/name` to its end; raises LaunchError on timeout or API errors."""
+    """Follows the Job (or JobSet) `namespace/name` to its end; raises LaunchError on timeout
+    or API errors."""
     return JobFollower(
         api,
         namespace=namespace,
@@ -353,4 +463,5 @@ def follow_job(
         timeout_s=timeout_s,
         out=out,
         watch_timeout_s=watch_timeout_s,
+        kind=kind,
     ).run()

@@ -1,7 +1,7 @@
 """The Kubernetes API client: configuration, error mapping and submission.
 
     api = connect(kubeconfig=None, context=None)     # kubeconfig, else in-cluster
-    submit(api, docs, namespace="streamtrain")        # Service first, then the Job
+    submit(api, docs, namespace="streamtrain")        # Service first, then the Job or JobSet
 
 Every API failure becomes a LaunchError with a one-line message and its own exit code
 (401/403, 409, 422, unreachable, other).
@@ -30,7 +30,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # The launcher creates these kinds; the rest of a rendering (the trainer's ServiceAccount,
 # the NetworkPolicy) is set up once per namespace with `kubectl apply -k k8s/rbac`.
-SUBMITTED_KINDS = ("Service", "Job")
+SUBMITTED_KINDS = ("Service", "Job", "JobSet")
+JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")  # group, version, plural
+# As `kubectl apply` (--validate=strict): an unknown field is a 422, not silently dropped (an
+# older JobSet CRD without onJobFailureMessagePatterns would otherwise change the policy).
+STRICT = "Strict"
 STATUS_EXIT = {
     401: LaunchExit.API_DENIED,
     403: LaunchExit.API_DENIED,
@@ -91,11 +95,11 @@ def status_message(error: ApiException) -> str:
     return " ".join(str(error.reason or "").split()) or "no message"
 
 
-def translate(error: Exception, *, what: str) -> LaunchError:
+def translate(error: Exception, *, what: str, hints: dict[int, str] | None = None) -> LaunchError:
     """`error` from an API call about `what` as a LaunchError with its exit code."""
     if isinstance(error, ApiException) and error.status:
         code = STATUS_EXIT.get(error.status, LaunchExit.API_ERROR)
-        hint = HINTS.get(error.status)
+        hint = (hints or {}).get(error.status) or HINTS.get(error.status)
         message = f"{what}: {error.status} {error.reason}: {status_message(error)}"
         return LaunchError(f"{message} ({hint})" if hint else message, code)
     # ApiException without a status, urllib3 MaxRetryError / ProtocolError, OSError.
@@ -106,26 +110,29 @@ def translate(error: Exception, *, what: str) -> LaunchError:
 
 
 @contextmanager
-def api_errors(what: str) -> Iterator[None]:
+def api_errors(what: str, hints: dict[int, str] | None = None) -> Iterator[None]:
     """Raises API failures inside the block as LaunchErrors about `what`."""
     try:
         yield
     except LaunchError:
         raise
     except (ApiException, urllib3.exceptions.HTTPError, OSError) as e:
-        raise translate(e, what=what) from e
+        raise translate(e, what=what, hints=hints) from e
 
 
-def call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with api_errors(what):
+def call(
+    what: str, fn: Callable[..., T], *args: Any, hints: dict[int, str] | None = None, **kwargs: Any
+) -> T:
+    with api_errors(what, hints):
         return fn(*args, **kwargs)
 
 
-def submit(api: client.ApiClient, docs: list[dict[str, Any]], *, namespace: str) -> str:
-    """Creates the rendering's Service (if any) and Job; returns the Job's name."""
+def submit(api: client.ApiClient, docs: list[dict[str, Any]], *, namespace: str) -> tuple[str, str]:
+    """Creates the rendering's Service (if any) and its Job or JobSet; returns (kind, name)."""
     core = client.CoreV1Api(api)
     batch = client.BatchV1Api(api)
-    job_name = ""
+    custom = client.CustomObjectsApi(api)
+    submitted = ("", "")
     for doc in sorted(
         docs, key=lambda d: SUBMITTED_KINDS.index(d["kind"]) if d["kind"] in SUBMITTED_KINDS else -1
     ):
@@ -140,9 +147,34 @@ def submit(api: client.ApiClient, docs: list[dict[str, Any]], *, namespace: str)
                     raise
                 logger.info("Service %s/%s exists; reusing it", namespace, name)
         elif kind == "Job":
-            call(f"Job {namespace}/{name}", batch.create_namespaced_job, namespace, doc)
+            call(
+                f"Job {namespace}/{name}",
+                batch.create_namespaced_job,
+                namespace,
+                doc,
+                field_validation=STRICT,
+            )
             logger.info("created Job %s/%s", namespace, name)
-            job_name = name
+            submitted = (kind, name)
+        elif kind == "JobSet":
+            group, version, plural = JOBSET
+            call(
+                f"JobSet {namespace}/{name}",
+                custom.create_namespaced_custom_object,
+                group,
+                version,
+                namespace,
+                plural,
+                doc,
+                field_validation=STRICT,
+                hints={
+                    404: f"the cluster serves no {plural}.{group}/{version}: install JobSet "
+                    "(v0.10 or newer), or use --overlay multi-worker",
+                    409: HINTS[409],
+                },
+            )
+            logger.info("created JobSet %s/%s", namespace, name)
+            submitted = (kind, name)
         else:
             logger.info("%s/%s: not created by the launcher (apply k8s/rbac once)", kind, name)
-    return job_name
+    return submitted

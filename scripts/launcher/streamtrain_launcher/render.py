@@ -3,7 +3,9 @@
 The launcher writes a throw-away kustomization that references `k8s/overlays/<overlay>` and
 sets this submission's parameters the documented way (merging `trainer-params`, re-running
 the `params` component), then runs `kubectl kustomize` on it. The manifests therefore have
-one source of truth, `k8s/`; nothing here knows what a Job looks like beyond its name.
+one source of truth, `k8s/`; nothing here knows what a Job looks like beyond its name, its
+trainer container and, for a JobSet overlay, that the JobSet's workers are the Job that the
+`params` component copies into it (so the run's patches go on the Job before that copy).
 
     docs = render(opts, name="streamtrain-abc1234-x7k2p", kubectl=find_kubectl())
     print(to_yaml(docs))
@@ -26,6 +28,9 @@ from streamtrain_launcher.options import LaunchOptions, submission_annotations, 
 
 PARAMS_CONFIGMAP = "trainer-params"
 KUSTOMIZE_TIMEOUT_S = 60
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+WORKLOAD_KINDS = ("Job", "JobSet")
+MAX_DNS_LABEL = 63
 
 
 def find_kubectl(explicit: str | None = None) -> str:
@@ -45,8 +50,35 @@ def find_kubectl(explicit: str | None = None) -> str:
     return found
 
 
+def submission_patches(opts: LaunchOptions) -> list[dict[str, Any]]:
+    """The run's labels, annotations, image and trainer env, as kustomize patches."""
+    labels = submission_labels(opts)
+    annotations = submission_annotations(opts)
+    container: dict[str, Any] = {"name": "trainer", "image": opts.image}
+    if opts.trainer_env:
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(opts.trainer_env.items())]
+    job_patch = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "any", "labels": labels, "annotations": annotations},
+        "spec": {"template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    }
+    # A JobSet's pods come from the Job (copied in by the params component): only its own
+    # metadata here. A strategic merge on a custom resource merges maps, as needed.
+    jobset_patch = {
+        "apiVersion": JOBSET_API_VERSION,
+        "kind": "JobSet",
+        "metadata": {"name": "any", "labels": labels, "annotations": annotations},
+    }
+    return [
+        {"target": {"kind": "Job"}, "patch": yaml.safe_dump(job_patch, sort_keys=False)},
+        {"target": {"kind": "JobSet"}, "patch": yaml.safe_dump(jobset_patch, sort_keys=False)},
+    ]
+
+
 def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dict[str, Any]:
-    """The kustomization (written into `workdir`) that applies `opts` to the overlay."""
+    """The kustomization (written into `workdir`, with its `submission` component) that
+    applies `opts` to the overlay."""
     # kustomize refuses absolute paths: reference k8s/ relative to the temporary directory.
     k8s = Path(os.path.relpath(opts.manifests.resolve(), workdir.resolve()))
     params = {
@@ -59,22 +91,20 @@ def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dic
     if opts.queue:
         params["QUEUE"] = opts.queue
         components.append(str(k8s / "components" / "kueue"))
-    # Last, as in every overlay: copies the merged parameters into the Job.
-    components.append(str(k8s / "components" / "params"))
-    labels = submission_labels(opts)
-    container: dict[str, Any] = {"name": "trainer", "image": opts.image}
-    if opts.trainer_env:
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(opts.trainer_env.items())]
-    job_patch = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": "any",
-            "labels": labels,
-            "annotations": submission_annotations(opts),
-        },
-        "spec": {"template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    # The run's patches are a component of their own, before params: params copies the Job
+    # into a JobSet, and a kustomization's own patches would only run after its components.
+    submission = workdir / "submission"
+    submission.mkdir()
+    component = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "patches": submission_patches(opts),
     }
+    (submission / "kustomization.yaml").write_text(yaml.safe_dump(component, sort_keys=False))
+    components.append("submission")
+    # Last, as in every overlay: copies the merged parameters into the Job (and a JobSet).
+    components.append(str(k8s / "components" / "params"))
+    rename = yaml.safe_dump([{"op": "replace", "path": "/metadata/name", "value": name}])
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -89,13 +119,8 @@ def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dic
         ],
         "components": components,
         "patches": [
-            {"target": {"kind": "Job"}, "patch": yaml.safe_dump(job_patch, sort_keys=False)},
-            {
-                "target": {"kind": "Job"},
-                "patch": yaml.safe_dump(
-                    [{"op": "replace", "path": "/metadata/name", "value": name}]
-                ),
-            },
+            {"target": {"kind": "Job"}, "patch": rename},
+            {"target": {"kind": "JobSet"}, "patch": rename},
         ],
     }
 
@@ -118,23 +143,65 @@ def kustomize(directory: Path, *, kubectl: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def workload_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one Job or JobSet of a rendering (what the launcher submits and follows)."""
+    found = [d for d in docs if d.get("kind") in WORKLOAD_KINDS]
+    if len(found) != 1:
+        kinds = ", ".join(d.get("kind", "?") for d in found) or "none"
+        raise LaunchError(
+            f"renders {len(found)} Jobs/JobSets ({kinds}); the launcher submits exactly one",
+            LaunchExit.BAD_INPUT,
+        )
+    return found[0]
+
+
+def check_jobset(opts: LaunchOptions, jobset: dict[str, Any]) -> None:
+    """What the JobSet webhook would reject, or what cannot train, as a flag error."""
+    if opts.workers < 2:
+        raise LaunchError(
+            f"--workers {opts.workers}: --overlay {opts.overlay} renders a JobSet, for "
+            "multi-worker training; use --workers 2 or more, or --overlay gke for one pod",
+            LaunchExit.BAD_INPUT,
+        )
+    name = jobset["metadata"]["name"]
+    flag = "--name" if opts.name else "--name-prefix"
+    if not name[:1].isalpha():
+        raise LaunchError(
+            f"{flag}: JobSet name {name!r} must start with a letter (JobSet names its Jobs and "
+            "pods after it, and they must be DNS-1035 labels)",
+            LaunchExit.BAD_INPUT,
+        )
+    for rjob in jobset["spec"].get("replicatedJobs") or []:
+        last_job = int(rjob.get("replicas", 1)) - 1
+        last_pod = int((rjob.get("template") or {}).get("spec", {}).get("parallelism", 1)) - 1
+        # The webhook's own test: the longest pod name, plus the 5-character random suffix.
+        longest = f"{name}-{rjob['name']}-{last_job}-{last_pod}-abcde"
+        if len(longest) > MAX_DNS_LABEL:
+            room = MAX_DNS_LABEL - (len(longest) - len(name))
+            raise LaunchError(
+                f"{flag}: JobSet name {name!r} is {len(name)} characters; with {opts.workers} "
+                f"workers its pod names need it to be at most {room}",
+                LaunchExit.BAD_INPUT,
+            )
+
+
 def render(opts: LaunchOptions, *, name: str, kubectl: str) -> list[dict[str, Any]]:
-    """The submission's manifests, checked to hold one Job that fits `opts.workers`."""
+    """The submission's manifests, checked to hold one Job or JobSet that fits `opts`."""
     with tempfile.TemporaryDirectory(prefix="streamtrain-launch-") as tmp:
         workdir = Path(tmp)
         kustomization = build_kustomization(opts, name=name, workdir=workdir)
         (workdir / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         docs = kustomize(workdir, kubectl=kubectl)
-    jobs = [d for d in docs if d.get("kind") == "Job"]
-    if len(jobs) != 1:
-        raise LaunchError(
-            f"--overlay {opts.overlay}: renders {len(jobs)} Jobs; the launcher submits exactly one",
-            LaunchExit.BAD_INPUT,
-        )
-    if opts.workers > 1 and jobs[0]["spec"].get("completionMode") != "Indexed":
+    try:
+        workload = workload_of(docs)
+    except LaunchError as e:
+        raise LaunchError(f"--overlay {opts.overlay}: {e}", e.exit_code) from None
+    if workload["kind"] == "JobSet":
+        check_jobset(opts, workload)
+    elif opts.workers > 1 and workload["spec"].get("completionMode") != "Indexed":
         raise LaunchError(
             f"--workers {opts.workers}: overlay {opts.overlay!r} renders a single-pod Job; use "
-            "--overlay multi-worker (or gke-multi-worker)",
+            "--overlay multi-worker (or gke-multi-worker, jobset)",
             LaunchExit.BAD_INPUT,
         )
     return docs
