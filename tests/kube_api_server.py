@@ -1,14 +1,20 @@
 """A small Kubernetes API server for launcher tests: real JSON over HTTP, no cluster.
 
-It stores Jobs, Pods, Services and Events, answers the calls the launcher makes (create,
-get/list with label and field selectors, `?watch=true` newline-delimited event streams from a
-resourceVersion, pods/log with `follow=true`) with the objects and `Status` errors the real
-API server sends, so the real `kubernetes` client talks to it through a kubeconfig file.
-Tests script the cluster's side (pods starting, logs, exit codes, conditions) with the helpers.
+It stores Jobs, Pods, Services, Events and two custom resources, JobSets
+(jobset.x-k8s.io/v1alpha2) and Kueue Workloads (kueue.x-k8s.io, served as v1beta2 and v1beta1
+from one store, as a CRD with two served versions is), and answers the calls the launcher
+makes (create, get/list with label and field selectors, `?watch=true` newline-delimited event
+streams from a resourceVersion, pods/log with `follow=true`, API group discovery under /apis)
+with the objects and `Status` errors the real API server sends, so the real `kubernetes`
+client talks to it through a kubeconfig file. `served` says which custom API versions this
+cluster has (a group left out answers 404, as on a cluster without that CRD). Tests script the
+cluster's side (pods starting, logs, exit codes, conditions; what the JobSet controller and
+Kueue would write) with the helpers.
 
     with KubeApiServer() as api:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         api.on_job_created = lambda job: api.run_pod(job, index=0, logs=["hi"], exit_code=0)
+        api.served["kueue.x-k8s.io"] = ["v1beta1"]  # an older Kueue
         ...
 """
 
@@ -31,12 +37,19 @@ import yaml
 
 TOKEN = "test-token"
 RESOURCES = {
-    # (api prefix, plural): (kind, apiVersion)
+    # (api prefix, plural): (kind, apiVersion); the first entry of a plural is its storage.
     ("/apis/batch/v1", "jobs"): ("Job", "batch/v1"),
     ("/api/v1", "pods"): ("Pod", "v1"),
     ("/api/v1", "services"): ("Service", "v1"),
     ("/api/v1", "events"): ("Event", "v1"),
+    ("/apis/jobset.x-k8s.io/v1alpha2", "jobsets"): ("JobSet", "jobset.x-k8s.io/v1alpha2"),
+    ("/apis/kueue.x-k8s.io/v1beta2", "workloads"): ("Workload", "kueue.x-k8s.io/v1beta2"),
+    ("/apis/kueue.x-k8s.io/v1beta1", "workloads"): ("Workload", "kueue.x-k8s.io/v1beta1"),
 }
+BUILTIN_GROUPS = {"batch": ["v1"]}
+# What the real server answers for a path no served API has (e.g. a CRD not installed).
+NOT_FOUND = "the server could not find the requested resource"
+JOBSET_PREFIX = "jobset.sigs.k8s.io/"
 
 
 def now() -> str:
@@ -55,6 +68,23 @@ def status_body(code: int, reason: str, message: str, **details: Any) -> dict[st
         "details": details,
         "code": code,
     }
+
+
+def storage_version(plural: str) -> tuple[str, str]:
+    """(kind, apiVersion) objects of `plural` are stored as."""
+    return next(v for (_, p), v in RESOURCES.items() if p == plural)
+
+
+def served_as(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
+    """`obj` as the API version it is asked for (conversion between the served versions of a
+    custom resource changes only apiVersion for the fields used here)."""
+    return {**obj, "apiVersion": api_version}
+
+
+def group_of(prefix: str) -> tuple[str, str] | None:
+    """("group", "version") of an /apis/GROUP/VERSION prefix; None for the core API."""
+    parts = prefix.strip("/").split("/")
+    return (parts[1], parts[2]) if parts[0] == "apis" else None
 
 
 def field_value(obj: dict[str, Any], path: str) -> Any:
@@ -90,7 +120,13 @@ class KubeApiServer:
         self.token = TOKEN
         self.errors: dict[tuple[str, str], dict[str, Any]] = {}  # (method, plural) -> Status
         self.expire_watches: dict[str, int] = {}  # plural -> how many watches answer 410
+        # Custom API groups installed in this cluster and the versions served, newest first.
+        self.served: dict[str, list[str]] = {
+            "jobset.x-k8s.io": ["v1alpha2"],
+            "kueue.x-k8s.io": ["v1beta2", "v1beta1"],
+        }
         self.on_job_created: Callable[[dict[str, Any]], None] | None = None
+        self.on_jobset_created: Callable[[dict[str, Any]], None] | None = None
         self.closed = False
         self.scenario_threads: list[threading.Thread] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -149,7 +185,7 @@ class KubeApiServer:
 
     def put(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
         """Creates or replaces an object (ADDED or MODIFIED)."""
-        kind, api_version = next(v for (_, p), v in RESOURCES.items() if p == plural)
+        kind, api_version = storage_version(plural)
         obj = copy.deepcopy(obj)
         obj.setdefault("kind", kind)
         obj.setdefault("apiVersion", api_version)
@@ -187,8 +223,11 @@ class KubeApiServer:
         labels = dict(template["metadata"].get("labels") or {})
         labels["batch.kubernetes.io/job-name"] = job["metadata"]["name"]
         labels["job-name"] = job["metadata"]["name"]
+        spec = copy.deepcopy(template["spec"])
         if job["spec"].get("completionMode") == "Indexed":
             labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            # The Job controller names an Indexed Job's pod host after the Job and index.
+            spec["hostname"] = f"{job['metadata']['name']}-{index}"
         self.put(
             "pods",
             {
@@ -197,7 +236,7 @@ class KubeApiServer:
                     "namespace": job["metadata"]["namespace"],
                     "labels": labels,
                 },
-                "spec": copy.deepcopy(template["spec"]),
+                "spec": spec,
                 "status": status,
             },
         )
@@ -243,6 +282,150 @@ class KubeApiServer:
         )
         status["active"] = 0
         self.put("jobs", job)
+
+    # -- what the JobSet controller and Kueue would do -----------------------------------
+
+    def jobset_child_job(
+        self, jobset: dict[str, Any], *, replicated_job: str = "workers", index: int = 0
+    ) -> dict[str, Any]:
+        """Creates the Job the JobSet controller makes for a replicated Job: named
+        <jobset>-<replicatedJob>-<index>, owned by the JobSet, labelled and annotated (pod
+        template too) with jobset.sigs.k8s.io/*, pods in the JobSet's subdomain."""
+        jobset = self.get("jobsets", jobset["metadata"]["name"], jobset["metadata"]["namespace"])
+        meta, spec = jobset["metadata"], jobset["spec"]
+        (rjob,) = [r for r in spec["replicatedJobs"] if r["name"] == replicated_job]
+        template = copy.deepcopy(rjob["template"])
+        replicas = str(rjob.get("replicas", 1))
+        marks = {
+            JOBSET_PREFIX + "jobset-name": meta["name"],
+            JOBSET_PREFIX + "jobset-uid": meta["uid"],
+            JOBSET_PREFIX + "replicatedjob-name": replicated_job,
+            JOBSET_PREFIX + "restart-attempt": str((jobset.get("status") or {}).get("restarts", 0)),
+            JOBSET_PREFIX + "replicatedjob-replicas": replicas,
+            JOBSET_PREFIX + "job-index": str(index),
+            JOBSET_PREFIX + "job-global-index": str(index),
+        }
+        job_spec = template["spec"]
+        pod_meta = job_spec["template"].setdefault("metadata", {})
+        pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **marks}
+        pod_meta["annotations"] = {**(pod_meta.get("annotations") or {}), **marks}
+        job_spec["template"]["spec"]["subdomain"] = (spec.get("network") or {}).get(
+            "subdomain"
+        ) or meta["name"]
+        job_spec["suspend"] = bool(spec.get("suspend"))
+        job = {
+            "metadata": {
+                "name": f"{meta['name']}-{replicated_job}-{index}",
+                "namespace": meta["namespace"],
+                "labels": {**((template.get("metadata") or {}).get("labels") or {}), **marks},
+                "annotations": dict(marks),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+                        "kind": "JobSet",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": job_spec,
+            "status": {},
+        }
+        return self.put("jobs", job)
+
+    @staticmethod
+    def _with_condition(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        status = obj.setdefault("status", {})
+        conditions = [c for c in status.get("conditions") or [] if c["type"] != type_]
+        conditions.append(
+            {
+                "type": type_,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now(),
+                "observedGeneration": 1,
+            }
+        )
+        status["conditions"] = conditions
+
+    def set_jobset_condition(self, name: str, type_: str, *, reason: str, message: str = ""):
+        """A JobSet condition (metav1.Condition); Completed and Failed also set terminalState."""
+        jobset = self.get("jobsets", name)
+        self._with_condition(jobset, type_, reason, message)
+        if type_ in ("Completed", "Failed"):
+            jobset["status"]["terminalState"] = type_
+        self.put("jobsets", jobset)
+
+    def restart_jobset(self, name: str, *, rule: str, message: str, counted: bool) -> None:
+        """A JobSet restart, as the controller writes it in one status update: restarts += 1
+        (and restartsCountTowardsMax if `counted`) with the RestartingJobSet condition; then
+        the child Jobs and their pods deleted."""
+        jobset = self.get("jobsets", name)
+        status = jobset.setdefault("status", {})
+        status["restarts"] = int(status.get("restarts") or 0) + 1
+        if counted:
+            status["restartsCountTowardsMax"] = int(status.get("restartsCountTowardsMax") or 0) + 1
+        self._with_condition(jobset, "RestartingJobSet", f"FailurePolicy_{rule}", message)
+        self.put("jobsets", jobset)
+        selector = f"{JOBSET_PREFIX}jobset-name={name}"
+        for plural in ("pods", "jobs"):
+            for obj in self.items(plural):
+                if matches(obj, labels=selector, fields=None):
+                    self.delete(plural, obj["metadata"]["name"], obj["metadata"]["namespace"])
+
+    def add_workload(
+        self,
+        owner: dict[str, Any],
+        *,
+        conditions: list[dict[str, Any]],
+        admission_checks: list[dict[str, Any]] | None = None,
+        pods: int = 1,
+    ) -> dict[str, Any]:
+        """The Workload Kueue creates for a queued Job or JobSet (owned by it)."""
+        owner = self.get(f"{owner['kind'].lower()}s", owner["metadata"]["name"])
+        meta = owner["metadata"]
+        status: dict[str, Any] = {"conditions": conditions}
+        if admission_checks:
+            status["admissionChecks"] = admission_checks
+        workload = {
+            "metadata": {
+                "name": f"{owner['kind'].lower()}-{meta['name']}-{meta['uid'][:5]}",
+                "namespace": meta["namespace"],
+                "labels": {"kueue.x-k8s.io/job-uid": meta["uid"]},
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner["apiVersion"],
+                        "kind": owner["kind"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "queueName": (meta.get("labels") or {}).get("kueue.x-k8s.io/queue-name"),
+                "podSets": [{"name": "main", "count": pods}],
+            },
+            "status": status,
+        }
+        return self.put("workloads", workload)
+
+    def set_workload_status(
+        self,
+        name: str,
+        *,
+        conditions: list[dict[str, Any]],
+        admission_checks: list[dict[str, Any]] | None = None,
+    ) -> None:
+        workload = self.get("workloads", name)
+        workload["status"] = {"conditions": conditions}
+        if admission_checks:
+            workload["status"]["admissionChecks"] = admission_checks
+        self.put("workloads", workload)
 
     def run_pod(
         self,
@@ -303,51 +486,88 @@ class KubeApiServer:
         if handler.headers.get("Authorization") != f"Bearer {self.token}":
             self._send_json(handler, 401, status_body(401, "Unauthorized", "Unauthorized"))
             return
+        if method == "GET" and self._discovery(handler, url.path):
+            return
         route = self._route(url.path)
         if route is None:
-            self._send_json(handler, 404, status_body(404, "NotFound", f"no route {url.path}"))
+            self._send_json(handler, 404, status_body(404, "NotFound", NOT_FOUND))
             return
-        plural, namespace, name, sub = route
+        prefix, plural, namespace, name, sub = route
+        api_version = RESOURCES[(prefix, plural)][1]
         error = self.errors.get((method, plural))
         if error:
             self._send_json(handler, error["code"], error)
             return
         if method == "POST":
             length = int(handler.headers.get("Content-Length") or 0)
-            self._create(handler, plural, namespace, json.loads(handler.rfile.read(length)))
+            body = json.loads(handler.rfile.read(length))
+            self._create(handler, plural, namespace, body, api_version)
         elif sub == "log":
             self._stream_log(handler, name, follow=query.get("follow") == "true")
         elif name:
             try:
-                self._send_json(handler, 200, self.get(plural, name, namespace))
+                self._send_json(
+                    handler, 200, served_as(self.get(plural, name, namespace), api_version)
+                )
             except KeyError:
                 body = status_body(404, "NotFound", f'{plural} "{name}" not found', name=name)
                 self._send_json(handler, 404, body)
         elif query.get("watch") in ("true", "1"):
-            self._watch(handler, plural, namespace, query)
+            self._watch(handler, plural, namespace, query, api_version)
         else:
-            self._list(handler, plural, namespace, query)
+            self._list(handler, plural, namespace, query, api_version)
 
-    @staticmethod
-    def _route(path: str) -> tuple[str, str, str | None, str | None] | None:
+    def _groups(self) -> dict[str, list[str]]:
+        return {**BUILTIN_GROUPS, **{g: list(v) for g, v in self.served.items() if v}}
+
+    def _discovery(self, handler: BaseHTTPRequestHandler, path: str) -> bool:
+        """GET /apis (APIGroupList) and /apis/GROUP (APIGroup); False for other paths."""
+
+        def group_doc(group: str, versions: list[str]) -> dict[str, Any]:
+            entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+            return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+        parts = path.strip("/").split("/")
+        if parts == ["apis"]:
+            groups = [group_doc(g, v) for g, v in self._groups().items()]
+            self._send_json(
+                handler, 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+            )
+            return True
+        if len(parts) == 2 and parts[0] == "apis":
+            versions = self._groups().get(parts[1])
+            if not versions:
+                self._send_json(handler, 404, status_body(404, "NotFound", NOT_FOUND))
+            else:
+                body = {"kind": "APIGroup", "apiVersion": "v1", **group_doc(parts[1], versions)}
+                self._send_json(handler, 200, body)
+            return True
+        return False
+
+    def _route(self, path: str) -> tuple[str, str, str, str | None, str | None] | None:
         for (prefix, plural), _ in RESOURCES.items():
             head = f"{prefix}/namespaces/"
             if not path.startswith(head):
                 continue
+            group = group_of(prefix)
+            custom = group and group[0] not in BUILTIN_GROUPS
+            if custom and group[1] not in self.served.get(group[0], []):
+                continue  # that CRD (version) is not installed in this cluster
             parts = path[len(head) :].split("/")
             if len(parts) >= 2 and parts[1] == plural:
                 name = parts[2] if len(parts) > 2 else None
                 sub = parts[3] if len(parts) > 3 else None
-                return plural, parts[0], name, sub
+                return prefix, plural, parts[0], name, sub
         return None
 
-    def _create(self, handler, plural: str, namespace: str, body: dict[str, Any]) -> None:
+    def _create(self, handler, plural: str, namespace: str, body: dict[str, Any], api_version):
         name = body["metadata"]["name"]
         kind = body.get("kind", plural)
         with self.changed:
             exists = (plural, namespace, name) in self.objects
         if exists:
-            resource = "jobs.batch" if plural == "jobs" else plural
+            group = api_version.split("/")[0] if "/" in api_version else ""
+            resource = f"{plural}.{group}" if group else plural
             message = f'{resource} "{name}" already exists'
             body_409 = status_body(409, "AlreadyExists", message, name=name, kind=plural)
             self._send_json(handler, 409, body_409)
@@ -355,22 +575,22 @@ class KubeApiServer:
         body["metadata"]["namespace"] = namespace
         body.setdefault("status", {})
         created = self.put(plural, body)
-        self._send_json(handler, 201, created)
-        if kind == "Job" and self.on_job_created:
-            callback = self.on_job_created
+        self._send_json(handler, 201, served_as(created, api_version))
+        callback = {"Job": self.on_job_created, "JobSet": self.on_jobset_created}.get(kind)
+        if callback:
             self.start_scenario(lambda: callback(copy.deepcopy(created)))
 
-    def _list(self, handler, plural: str, namespace: str, query: dict[str, str]) -> None:
+    def _list(self, handler, plural: str, namespace: str, query: dict[str, str], api_version):
         with self.changed:
             items = [
-                copy.deepcopy(o)
+                served_as(copy.deepcopy(o), api_version)
                 for (p, ns, _), o in self.objects.items()
                 if p == plural
                 and ns == namespace
                 and matches(o, labels=query.get("labelSelector"), fields=query.get("fieldSelector"))
             ]
             rv = str(next(self.resource_version))
-        kind, api_version = next(v for (_, p), v in RESOURCES.items() if p == plural)
+        kind = storage_version(plural)[0]
         self._send_json(
             handler,
             200,
@@ -398,7 +618,7 @@ class KubeApiServer:
             return False
         return True
 
-    def _watch(self, handler, plural: str, namespace: str, query: dict[str, str]) -> None:
+    def _watch(self, handler, plural: str, namespace: str, query: dict[str, str], api_version):
         self._start_stream(handler, "application/json")
         with self.changed:
             expire = self.expire_watches.get(plural, 0)
@@ -429,7 +649,8 @@ class KubeApiServer:
                     obj, labels=query.get("labelSelector"), fields=query.get("fieldSelector")
                 ):
                     continue
-                line = json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
+                event = {"type": event_type, "object": served_as(obj, api_version)}
+                line = json.dumps(event).encode() + b"\n"
                 if not self._chunk(handler, line):
                     return
 
@@ -518,4 +739,19 @@ def terminated_status(job: dict[str, Any], *, exit_code: int, message: str = "")
     return {
         "phase": "Succeeded" if exit_code == 0 else "Failed",
         "containerStatuses": [container_status(job, state)],
+    }
+
+
+# -- Kueue Workload conditions as Kueue writes them --------------------------------------------
+
+
+def workload_condition(type_: str, status: bool, *, reason: str, message: str) -> dict[str, Any]:
+    """A metav1.Condition of a Workload (QuotaReserved, Admitted, ...)."""
+    return {
+        "type": type_,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now(),
+        "observedGeneration": 1,
     }

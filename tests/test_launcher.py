@@ -1,7 +1,9 @@
 """scripts/launch.py against a Kubernetes API test server (tests/kube_api_server.py): the real
 `kubernetes` client, real JSON over HTTP, a kubeconfig file. One test per scenario: success,
 failure with the trainer's exit code and termination message, Pending until --timeout, 409,
-401, 403, 422, unreachable, watch expiry (410), the Job deleted, bad input before any call.
+401, 403, 422, unreachable, watch expiry (410), the Job deleted, bad input before any call;
+a JobSet's success, verdict, restart and deadline, a cluster without JobSet; a Job or JobSet
+that Kueue keeps suspended, explained from its Workload (v1beta2 or v1beta1, as discovered).
 
     .venv/bin/pytest tests/test_launcher.py
 """
@@ -13,6 +15,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from kube_api_server import (
     terminated_status,
     unschedulable_status,
     waiting_status,
+    workload_condition,
 )
 
 from streamtrain_launcher.cli import launch
@@ -248,6 +252,7 @@ def test_job_deleted_while_followed_exits_17(api, kubeconfig):
         ("--namespace=Bad_NS", "DNS-1123"),
         ("--overlay=nope", "not found"),
         ("--workers=3", "use --overlay multi-worker"),
+        ("--overlay=jobset", "--workers 1: --overlay jobset renders a JobSet"),
         ("--trainer-env=TRAINER_DATA=x", "set by the launcher"),
         ("--trainer-env=PATH=/x", "only TRAINER_"),
     ],
@@ -302,3 +307,295 @@ def test_shared_exit_codes_equal_the_trainers():
         assert LaunchExit[code] == ExitCode[code], code
     own = {c for c in LaunchExit if c.name not in ExitCode.__members__}
     assert all(c >= 10 for c in own), own
+
+
+# -- JobSet ---------------------------------------------------------------------------------
+
+
+def verdict_message(job: dict, index: int, exit_code: int) -> str:
+    """The Job controller's message for a pod matching podFailurePolicy rule 0 (FailJob)."""
+    pod = f"{job['metadata']['namespace']}/{job['metadata']['name']}-{index}-abcde"
+    return (
+        f"Container trainer for pod {pod} failed with exit code {exit_code} "
+        "matching FailJob rule at index 0"
+    )
+
+
+def jobset_attempt(api: KubeApiServer, jobset: dict, codes: list[int], *, tag: str = "") -> dict:
+    """One attempt of the JobSet's workers: its Job, and a pod per exit code (all finished)."""
+    job = api.jobset_child_job(jobset)
+    threads = []
+    for index, code in enumerate(codes):
+        thread = threading.Thread(
+            target=api.run_pod,
+            args=(job,),
+            kwargs={"index": index, "logs": [f"{tag}step 1 worker {index}"], "exit_code": code},
+        )
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(10)
+    return job
+
+
+def test_jobset_success_streams_every_worker_and_exits_0(api, kubeconfig):
+    def scenario(jobset):
+        job = jobset_attempt(api, jobset, [0, 0])
+        api.set_job_condition(job["metadata"]["name"], "Complete", reason="CompletionsReached")
+        api.set_jobset_condition(
+            jobset["metadata"]["name"],
+            "Completed",
+            reason="AllJobsCompleted",
+            message="jobset completed successfully",
+        )
+
+    api.on_jobset_created = scenario
+    code, out = run(kubeconfig, "--wait", "--timeout=30s", "--workers=2", overlay="jobset")
+    assert code == LaunchExit.OK, out
+    for index in range(2):
+        assert f"[worker {index}] step 1 worker {index}" in out
+    (jobset,) = api.items("jobsets")
+    name = jobset["metadata"]["name"]
+    assert f"jobset/{name} submitted" in out
+    assert jobset["metadata"]["labels"]["streamtrain.io/git-sha"] == "3f2a1bc"
+    assert jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
+    # Created through the custom objects API; JobSet, not the launcher, makes the Service.
+    assert (
+        "POST",
+        "/apis/jobset.x-k8s.io/v1alpha2/namespaces/streamtrain/jobsets?fieldValidation=Strict",
+    ) in api.requests
+    assert api.items("services") == []
+    # Its pods were found by the JobSet's label, across its child Job.
+    assert any("jobset.sigs.k8s.io/jobset-name%3D" + name in path for _, path in api.requests)
+
+
+def test_jobset_verdict_exits_with_the_trainers_code(api, kubeconfig):
+    def scenario(jobset):
+        job = jobset_attempt(api, jobset, [0, 3])
+        name = job["metadata"]["name"]
+        api.set_job_condition(
+            name, "Failed", reason="PodFailurePolicy", message=verdict_message(job, 1, 3)
+        )
+        api.set_jobset_condition(
+            jobset["metadata"]["name"],
+            "Failed",
+            reason="FailJobSetFailurePolicyAction",
+            message=f"applying FailJobSet failure policy action (first failed job: {name})",
+        )
+
+    api.on_jobset_created = scenario
+    code, out = run(kubeconfig, "--wait", "--timeout=30s", "--workers=2", overlay="jobset")
+    assert code == LaunchExit.QUALITY_GATE, out
+    assert "failed: PodFailurePolicy: Container trainer for pod" in out
+    assert "exit code 3 (Error)" in out
+
+
+def test_jobset_restart_is_reported_and_its_new_pods_followed(api, kubeconfig, caplog):
+    def scenario(jobset):
+        name = jobset["metadata"]["name"]
+        first = jobset_attempt(api, jobset, [0, 143])
+        api.set_job_condition(
+            first["metadata"]["name"],
+            "Failed",
+            reason="PodFailurePolicy",
+            message=verdict_message(first, 1, 143).replace("index 0", "index 1"),
+        )
+        api.restart_jobset(
+            name,
+            rule="disruption",
+            message="applying RestartJobSetAndIgnoreMaxRestarts failure policy action",
+            counted=False,
+        )
+        second = jobset_attempt(api, jobset, [0, 0], tag="again ")
+        api.set_job_condition(second["metadata"]["name"], "Complete", reason="CompletionsReached")
+        api.set_jobset_condition(name, "Completed", reason="AllJobsCompleted")
+
+    api.on_jobset_created = scenario
+    with caplog.at_level(logging.INFO):
+        code, out = run(kubeconfig, "--wait", "--timeout=30s", "--workers=2", overlay="jobset")
+    assert code == LaunchExit.OK, out
+    assert "[worker 1 restart 1] again step 1 worker 1" in out
+    assert "restarting every worker (restart 1): FailurePolicy_disruption" in caplog.text
+
+
+def test_jobset_past_its_deadline_exits_11(api, kubeconfig):
+    def scenario(jobset):
+        job = jobset_attempt(api, jobset, [143, 143])
+        api.set_job_condition(
+            job["metadata"]["name"],
+            "Failed",
+            reason="DeadlineExceeded",
+            message="Job was active longer than specified deadline",
+        )
+        api.set_jobset_condition(
+            jobset["metadata"]["name"],
+            "Failed",
+            reason="FailJobSetFailurePolicyAction",
+            message="applying FailJobSet failure policy action",
+        )
+
+    api.on_jobset_created = scenario
+    code, out = run(kubeconfig, "--wait", "--timeout=30s", "--workers=2", overlay="jobset")
+    assert code == LaunchExit.JOB_DEADLINE, out
+    assert "failed: DeadlineExceeded" in out
+
+
+def test_cluster_without_jobset_exits_18_naming_it(api, kubeconfig, caplog):
+    del api.served["jobset.x-k8s.io"]
+    code, _ = run(kubeconfig, "--workers=2", overlay="jobset")
+    assert code == LaunchExit.API_ERROR
+    assert "404" in caplog.text and "install JobSet" in caplog.text
+
+
+def test_jobset_name_conflict_exits_15(api, kubeconfig, caplog):
+    api.put("jobsets", {"metadata": {"name": "nightly"}, "spec": {}})
+    code, _ = run(kubeconfig, "--workers=2", "--name=nightly", overlay="jobset")
+    assert code == LaunchExit.CONFLICT
+    assert 'jobsets.jobset.x-k8s.io "nightly" already exists' in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--workers=1"], "--workers 1: --overlay jobset renders a JobSet"),
+        (["--workers=64", "--name=" + "n" * 45], "--name: JobSet name"),
+        (["--workers=2", "--name=1nightly"], "must start with a letter"),
+    ],
+)
+def test_bad_jobset_input_exits_2_before_any_api_call(api, kubeconfig, caplog, flags, message):
+    code, _ = run(kubeconfig, *flags, overlay="jobset")
+    assert code == LaunchExit.BAD_INPUT
+    assert message in caplog.text
+    assert api.requests == []
+
+
+# -- Kueue --------------------------------------------------------------------------------------
+
+PENDING = [
+    workload_condition(
+        "QuotaReserved",
+        False,
+        reason="Pending",
+        message="couldn't assign flavors to pod set main: insufficient quota for "
+        "nvidia.com/gpu in flavor default-flavor, previously considered podsets requests (0) "
+        "+ current podset request (2) > maximum capacity (0)",
+    ),
+    workload_condition(
+        "Admitted", False, reason="NoReservation", message="The workload has no reservation"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("served", "read_as"),
+    [(["v1beta2", "v1beta1"], "v1beta2"), (["v1beta1"], "v1beta1")],
+)
+def test_queued_job_timeout_says_what_its_workload_waits_for(
+    api, kubeconfig, caplog, served, read_as
+):
+    api.served["kueue.x-k8s.io"] = served
+    api.on_job_created = lambda job: api.add_workload(job, conditions=PENDING)
+    with caplog.at_level(logging.INFO):
+        code, _ = run(kubeconfig, "--queue=training", "--wait", "--timeout=2s")
+    assert code == LaunchExit.TIMEOUT
+    final = caplog.records[-1].getMessage()
+    assert "--timeout 2s reached" in final
+    assert "suspended by Kueue in LocalQueue training" in final
+    assert "QuotaReserved False (Pending: couldn't assign flavors to pod set main" in final
+    assert "Admitted False (NoReservation: The workload has no reservation)" in final
+    (job,) = api.items("jobs")
+    assert job["spec"]["suspend"] is True
+    # Read in the version discovery found; the Workload is the one the Job owns.
+    paths = [path for _, path in api.requests if "/workloads" in path]
+    assert paths and all(f"/apis/kueue.x-k8s.io/{read_as}/" in p for p in paths)
+    assert any(p.rstrip("/") == "/apis" for _, p in api.requests)
+
+
+def test_queued_job_on_a_cluster_without_kueue_says_so(api, kubeconfig, caplog):
+    del api.served["kueue.x-k8s.io"]
+    code, _ = run(kubeconfig, "--queue=training", "--wait", "--timeout=2s")
+    assert code == LaunchExit.TIMEOUT
+    assert "serves no kueue.x-k8s.io API (is Kueue installed?)" in caplog.records[-1].getMessage()
+
+
+def test_workload_of_another_job_is_not_taken_for_this_ones(api, kubeconfig, caplog):
+    other = api.put("jobs", {"metadata": {"name": "someone-else"}, "spec": {}})
+    api.add_workload(other, conditions=PENDING)
+    code, _ = run(kubeconfig, "--queue=training", "--wait", "--timeout=2s")
+    assert code == LaunchExit.TIMEOUT
+    final = caplog.records[-1].getMessage()
+    assert "no Workload owned by the Job yet" in final and "couldn't assign" not in final
+
+
+def test_admitted_job_runs_to_completion(api, kubeconfig, caplog):
+    def scenario(job):
+        name = job["metadata"]["name"]
+        workload = api.add_workload(job, conditions=PENDING)
+        time.sleep(0.5)
+        api.set_workload_status(
+            workload["metadata"]["name"],
+            conditions=[
+                workload_condition("QuotaReserved", True, reason="QuotaReserved", message="ok"),
+                workload_condition("Admitted", True, reason="Admitted", message="admitted"),
+            ],
+        )
+        resumed = api.get("jobs", name)
+        resumed["spec"]["suspend"] = False
+        api.put("jobs", resumed)
+        api.run_pod(resumed, index=0, logs=["training"], exit_code=0)
+        api.set_job_condition(name, "Complete", reason="CompletionsReached")
+
+    api.on_job_created = scenario
+    with caplog.at_level(logging.INFO):
+        code, out = run(kubeconfig, "--queue=training", "--wait", "--timeout=30s")
+    assert code == LaunchExit.OK, out
+    assert "[worker 0] training" in out
+    assert "waiting: suspended by Kueue in LocalQueue training" in caplog.text
+    assert "admitted: no longer suspended" in caplog.text
+
+
+def test_queued_jobset_explains_its_admission_check(api, kubeconfig, caplog):
+    """Flex-start: quota is reserved, the ProvisioningRequest admission check is pending."""
+    check = {
+        "name": "dws-prov",
+        "state": "Pending",
+        "message": "Waiting for resources. Currently there are not enough resources available "
+        "to fulfill the request.",
+        "lastTransitionTime": "2026-12-01T00:00:00Z",
+    }
+
+    def scenario(jobset):
+        api.add_workload(
+            jobset,
+            conditions=[
+                workload_condition("QuotaReserved", True, reason="QuotaReserved", message="ok"),
+                workload_condition(
+                    "Admitted",
+                    False,
+                    reason="UnsatisfiedAdmissionChecks",
+                    message="The workload has not all admission checks",
+                ),
+            ],
+            admission_checks=[check],
+            pods=2,
+        )
+
+    api.on_jobset_created = scenario
+    code, _ = run(
+        kubeconfig, "--workers=2", "--queue=dws", "--wait", "--timeout=2s", overlay="jobset"
+    )
+    assert code == LaunchExit.TIMEOUT
+    final = caplog.records[-1].getMessage()
+    assert "the JobSet is suspended by Kueue in LocalQueue dws" in final
+    assert "Admitted False (UnsatisfiedAdmissionChecks" in final
+    assert "admission check dws-prov Pending: Waiting for resources." in final
+    (jobset,) = api.items("jobsets")
+    assert jobset["spec"]["suspend"] is True
+
+
+def test_jobset_name_may_use_every_character_its_pod_names_leave(api, kubeconfig):
+    """45 characters + "-workers-0-1-" + 5 random = 63 with 2 workers: accepted."""
+    name = "n" * 45
+    code, out = run(kubeconfig, "--workers=2", f"--name={name}", "--dry-run", overlay="jobset")
+    assert code == LaunchExit.OK
+    assert f"name: {name}" in out

@@ -2,8 +2,9 @@
 test server (tests/kube_api_server.py: the real `kubernetes` client, real JSON over HTTP).
 
 API-side faults (unreachable server, bad kubeconfigs, 401, 403, 409, 422, 500, a Job deleted
-while followed) must end with the exit code documented in `launch.py --help`, one `ERROR`
-line naming the problem as the last line of stderr, and no traceback. Bad launcher inputs
+while followed, a cluster without JobSet, Kueue Workloads the launcher may not read) must end
+with the exit code documented in `launch.py --help`, one `ERROR` line naming the problem as
+the last line of stderr, and no traceback. Bad launcher inputs
 must exit 2 naming the flag before any API call: the test server must have received zero
 requests.
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from kube_api_server import KubeApiServer, status_body, unschedulable_status
+from kube_api_server import KubeApiServer, status_body, unschedulable_status, workload_condition
 
 from streamtrain_launcher.exitcodes import LaunchExit
 
@@ -138,6 +139,33 @@ def _conflict(api: KubeApiServer, kubeconfig: Path, tmp: Path) -> list[str]:
     return [f"--kubeconfig={kubeconfig}", "--name=nightly"]
 
 
+def _no_jobset(api: KubeApiServer, kubeconfig: Path, tmp: Path) -> list[str]:
+    del api.served["jobset.x-k8s.io"]
+    return [f"--kubeconfig={kubeconfig}", "--overlay=jobset", "--workers=2"]
+
+
+def _jobset_forbidden(api: KubeApiServer, kubeconfig: Path, tmp: Path) -> list[str]:
+    api.errors[("POST", "jobsets")] = status_body(
+        403,
+        "Forbidden",
+        'jobsets.jobset.x-k8s.io is forbidden: User "ci" cannot create resource "jobsets" in '
+        'API group "jobset.x-k8s.io" in the namespace "streamtrain"',
+    )
+    return [f"--kubeconfig={kubeconfig}", "--overlay=jobset", "--workers=2"]
+
+
+def _workloads_forbidden(api: KubeApiServer, kubeconfig: Path, tmp: Path) -> list[str]:
+    api.errors[("GET", "workloads")] = status_body(
+        403,
+        "Forbidden",
+        'workloads.kueue.x-k8s.io is forbidden: User "ci" cannot list resource "workloads"',
+    )
+    api.on_job_created = lambda job: api.add_workload(
+        job, conditions=[workload_condition("QuotaReserved", False, reason="Pending", message="")]
+    )
+    return [f"--kubeconfig={kubeconfig}", "--queue=training", "--wait", "--timeout=2s"]
+
+
 def _deleted(api: KubeApiServer, kubeconfig: Path, tmp: Path) -> list[str]:
     def scenario(job):
         api.add_pod(job, index=0, status=unschedulable_status("0/3 nodes are available"))
@@ -177,6 +205,13 @@ FAULTS = [
           _status(500, "InternalError", "etcdserver: request timed out")),
     Fault("Job deleted while followed", "--wait; the Job is deleted 0.5 s after creation",
           LaunchExit.JOB_DELETED, ("doomed", "deleted"), _deleted),
+    Fault("JobSet not installed", "--overlay jobset; the cluster serves no jobset.x-k8s.io",
+          LaunchExit.API_ERROR, ("404", "install JobSet"), _no_jobset),
+    Fault("403 on JobSets", "POST jobsets answered 403 Forbidden", LaunchExit.API_DENIED,
+          ("403", 'cannot create resource "jobsets"', "k8s/rbac"), _jobset_forbidden),
+    Fault("Kueue Workloads forbidden", "--queue, --wait --timeout 2s; GET workloads answered 403",
+          LaunchExit.TIMEOUT, ("suspended by Kueue", "403", "cannot list resource"),
+          _workloads_forbidden),
 ]  # fmt: skip
 
 
@@ -222,6 +257,12 @@ BAD_INPUTS = [
     BadInput("--gpus", ("--gpus=two",), ("--gpus", "two"), usage=True),
     BadInput("--workers", ("--workers=0",), ("--workers", "0")),
     BadInput("--workers", ("--workers=3",), ("--workers", "multi-worker")),
+    BadInput("--workers", ("--overlay=jobset", "--workers=1"), ("--workers", "JobSet")),
+    BadInput(
+        "--name",
+        ("--overlay=jobset", "--workers=2", "--name=" + "n" * 46),
+        ("--name", "JobSet name", "at most"),
+    ),
     BadInput("--namespace", ("--namespace=Bad_NS",), ("--namespace", "Bad_NS")),
     BadInput("--name", ("--name=Nightly_Run",), ("--name", "Nightly_Run")),
     BadInput("--name", ("--name=" + "x" * 51,), ("--name",)),

@@ -21,9 +21,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from kube_api_server import KubeApiServer, terminated_status, unschedulable_status
+from kube_api_server import (
+    KubeApiServer,
+    terminated_status,
+    unschedulable_status,
+    workload_condition,
+)
 from test_dockerfile import DOCKERFILE, parse_dockerfile
-from toolbox import OVERLAYS, by_kind, checkov_bin, docs_of
+from toolbox import by_kind, checkov_bin, docs_of, jobs_of
 
 from streamtrain_launcher.cli import launch
 from streamtrain_launcher.options import LABEL_VALUE, LaunchOptions, label_value
@@ -34,6 +39,8 @@ KUBECTL = str(BIN / "kubectl")
 # What the launcher needs and nothing more (docs/operations.md, k8s/rbac/launcher.yaml).
 MINIMAL_GRANTS = (
     {("batch", "jobs", v) for v in ("create", "get", "list", "watch")}
+    | {("jobset.x-k8s.io", "jobsets", v) for v in ("create", "get", "list", "watch")}
+    | {("kueue.x-k8s.io", "workloads", "list")}
     | {("", "services", "create"), ("", "pods/log", "get")}
     | {("", r, v) for r in ("pods", "events") for v in ("get", "list", "watch")}
 )
@@ -137,8 +144,10 @@ def test_container_runs_as_a_non_root_user(row):
 
 def test_rendered_jobs_run_restricted(rendered, row):
     seen = []
-    for overlay in OVERLAYS:
-        (job,) = by_kind(docs_of(rendered[overlay].read_text()), "Job")
+    renderings = [name for name in rendered if name != "rbac"]
+    for overlay in renderings:
+        # A JobSet's workers as the Job the JobSet controller creates from its template.
+        (job,) = jobs_of(docs_of(rendered[overlay].read_text()))
         pod = job["spec"]["template"]["spec"]
         for container in pod["containers"] + pod.get("initContainers", []):
             security = container["securityContext"]
@@ -162,7 +171,7 @@ def test_rendered_jobs_run_restricted(rendered, row):
     row(
         area="Security",
         case="Job security context",
-        injected=f"rendered Jobs of {', '.join(OVERLAYS)}",
+        injected=f"rendered Jobs (a JobSet's: its workers' Job) of {', '.join(renderings)}",
         observed=f"{len(seen)} containers; runAsNonRoot {first['runAsNonRoot']}, "
         f"readOnlyRootFilesystem {first['readOnlyRootFilesystem']}, "
         f"drop {first['capabilities.drop']}, "
@@ -185,10 +194,14 @@ def test_rendered_jobs_run_restricted(rendered, row):
         assert facts == expected, (overlay, name, facts)
 
 
-def _verb(method: str, target: str) -> tuple[str, str, str]:
-    """(apiGroup, resource, verb) of one request the launcher made."""
+def _verb(method: str, target: str) -> tuple[str, str, str] | None:
+    """(apiGroup, resource, verb) of one request the launcher made; None for API discovery
+    (/apis, /apis/GROUP), which every authenticated user may read (system:discovery)."""
     url = urlparse(target)
     parts = url.path.strip("/").split("/")
+    if "namespaces" not in parts:
+        assert parts[0] == "apis" and len(parts) <= 2 and method == "GET", target
+        return None
     group = "" if parts[0] == "api" else parts[1]
     rest = parts[parts.index("namespaces") + 2 :]
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
@@ -209,8 +222,10 @@ def test_launcher_role_grants_exactly_what_the_launcher_uses(rendered, tmp_path,
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    # Two runs followed to the end: a 2-worker success (one pod Pending first), and a failure
-    # (the launcher then reads the pod's events and termination message).
+    # Runs followed to the end: a 2-worker success (one pod Pending first), a failure (the
+    # launcher then reads the pod's events and termination message), a 2-worker JobSet that
+    # fails on a verdict (its Jobs are read too), and a Kueue-suspended Job until --timeout
+    # (its Workload is read).
     with KubeApiServer() as api:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
 
@@ -228,9 +243,30 @@ def test_launcher_role_grants_exactly_what_the_launcher_uses(rendered, tmp_path,
             api.add_event(pod, reason="BackOff", message="restarting")
             api.set_job_condition(job["metadata"]["name"], "Failed", reason="PodFailurePolicy")
 
+        def jobset_failure(jobset):
+            job = api.jobset_child_job(jobset)
+            for index in range(2):
+                pod = api.run_pod(job, index=index, logs=["checking data"], exit_code=0)
+            api.set_pod_status(pod, terminated_status(job, exit_code=2, message="bad --data"))
+            api.set_job_condition(job["metadata"]["name"], "Failed", reason="PodFailurePolicy")
+            api.set_jobset_condition(
+                jobset["metadata"]["name"], "Failed", reason="FailJobSetFailurePolicyAction"
+            )
+
+        def queued(job):
+            api.add_workload(
+                job,
+                conditions=[
+                    workload_condition("QuotaReserved", False, reason="Pending", message="")
+                ],
+            )
+
+        api.on_jobset_created = jobset_failure
         codes = []
         for scenario, extra in ((success, ["--overlay=multi-worker", "--workers=2"]),
-                                (failure, ["--overlay=gke"])):  # fmt: skip
+                                (failure, ["--overlay=gke"]),
+                                (None, ["--overlay=jobset", "--workers=2"]),
+                                (queued, ["--overlay=gke", "--queue=training"])):  # fmt: skip
             api.on_job_created = scenario
             codes.append(
                 launch(
@@ -243,26 +279,30 @@ def test_launcher_role_grants_exactly_what_the_launcher_uses(rendered, tmp_path,
                         "--output=gs://model-bkt/m",
                         "--git-sha=3f2a1bc",
                         "--wait",
-                        "--timeout=30s",
+                        "--timeout=2s" if scenario is queued else "--timeout=30s",
                     ],
                     environ={},
                     out=io.StringIO(),
                 )
             )
-        used = {_verb(method, target) for method, target in api.requests}
+        requests = list(api.requests)
+        used = {v for v in (_verb(method, target) for method, target in requests) if v}
+        discovery = sorted({urlparse(t).path for m, t in requests if not _verb(m, t)})
     show = lambda grants: ", ".join(  # noqa: E731
         f"{r}:{v}" if not g else f"{g}/{r}:{v}" for g, r, v in sorted(grants)
     )
     row(
         area="Security",
         case="launcher Role verbs",
-        injected="k8s/rbac Role; a succeeding 2-worker and a failing 1-worker launch --wait "
-        "against the API test server",
+        injected="k8s/rbac Role; launch --wait against the API test server: a succeeding "
+        "2-worker Job, a failing 1-worker Job, a failing 2-worker JobSet, a Kueue-queued Job "
+        "until --timeout",
         observed=f"Role grants {len(granted)}: {show(granted)}; the launcher used "
         f"{len(used)}; used but not granted: {show(used - granted) or 'none'}; "
-        f"granted but unused: {show(granted - used) or 'none'}",
+        f"granted but unused: {show(granted - used) or 'none'}; "
+        f"API discovery (system:discovery): {', '.join(discovery) or 'none'}",
     )
-    assert codes == [0, 2]
+    assert codes == [0, 2, 2, 12]
     assert used <= granted, used - granted
     assert granted == MINIMAL_GRANTS, granted ^ MINIMAL_GRANTS
     assert not any("*" in part for grant in granted for part in grant)
