@@ -81,6 +81,10 @@ def served_as(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
     return {**obj, "apiVersion": api_version}
 
 
+def without_type_meta(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
 def group_of(prefix: str) -> tuple[str, str] | None:
     """("group", "version") of an /apis/GROUP/VERSION prefix; None for the core API."""
     parts = prefix.strip("/").split("/")
@@ -581,9 +585,12 @@ class KubeApiServer:
             self.start_scenario(lambda: callback(copy.deepcopy(created)))
 
     def _list(self, handler, plural: str, namespace: str, query: dict[str, str], api_version):
+        # Items of a built-in list carry no apiVersion/kind (the real server leaves TypeMeta
+        # off them); custom resources' items keep theirs.
+        builtin = api_version.split("/")[0] not in self.served
         with self.changed:
             items = [
-                served_as(copy.deepcopy(o), api_version)
+                without_type_meta(o) if builtin else served_as(copy.deepcopy(o), api_version)
                 for (p, ns, _), o in self.objects.items()
                 if p == plural
                 and ns == namespace

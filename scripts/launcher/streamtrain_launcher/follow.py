@@ -275,7 +275,7 @@ class JobFollower:
         if not force and self.queue_reason is not None and now - self.queue_checked < QUEUE_POLL_S:
             return
         self.queue_checked = now
-        reason = self.queue.explain(self.job)
+        reason = self.queue.explain(self.job, self.kind)
         if reason != self.queue_reason:
             logger.warning("%s waiting: %s", self.what, reason)
         self.queue_reason = reason

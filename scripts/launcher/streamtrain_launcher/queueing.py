@@ -46,9 +46,10 @@ def is_queued(obj: dict[str, Any]) -> bool:
 
 
 def owned_by(workload: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """By UID: the items of a Job list carry no `kind`, and a UID names one object anyway."""
     uid = (owner.get("metadata") or {}).get("uid")
     refs = (workload.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("kind") == owner.get("kind") for ref in refs)
+    return uid is not None and any(ref.get("uid") == uid for ref in refs)
 
 
 def describe(workload: dict[str, Any]) -> str:
@@ -115,9 +116,8 @@ class QueueExplainer:
                 return item
         return None
 
-    def explain(self, owner: dict[str, Any]) -> str:
-        """Why `owner` (a queued Job or JobSet) is not running yet."""
-        kind = owner.get("kind", "Job")
+    def explain(self, owner: dict[str, Any], kind: str = "Job") -> str:
+        """Why `owner` (a queued Job or JobSet, `kind`) is not running yet."""
         head = f"suspended by Kueue in LocalQueue {queue_name(owner)}"
         try:
             if self.served_version() is None:
