@@ -73,12 +73,15 @@ def test_two_replicas_learn_from_gcs_and_write_every_output(
         "run/metrics.json",
         "run/BLESSED",
         "run/_SUCCESS",
-        "run/saved_model/saved_model.pb",
     ):
         assert expected in names, expected
     assert any(n.startswith("run/tensorboard/events.out.tfevents") for n in names)
     assert any(n.startswith("run/checkpoints/ckpt-") for n in names)
     metrics = json.loads(bucket.blob("run/metrics.json").download_as_bytes())
+    # The serving export is a numbered version under the model base path saved_model/.
+    version = metrics["exported"]["version"]
+    assert metrics["exported"]["saved_model"] == f"{out}/saved_model/{version}"
+    assert f"run/saved_model/{version}/saved_model.pb" in names
     assert metrics["replicas"] == 2 and metrics["workers"] == 1
     assert metrics["final"]["val_accuracy"] >= 0.85
     assert metrics["quality_gate"]["passed"] is True

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name in (
             "model.keras",
-            "saved_model/saved_model.pb",
+            f"saved_model/{metrics.get('exported', {}).get('version', '?')}/saved_model.pb",
             "labels.txt",
             "metrics.json",
             "BLESSED",

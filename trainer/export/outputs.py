@@ -3,14 +3,16 @@
     outputs = Outputs("gs://bucket/runs/42", storage=storage)
     outputs.begin()                        # a rerun first withdraws the old _SUCCESS and BLESSED
     outputs.save_keras(model)              # model.keras
-    outputs.export_saved_model(model)      # saved_model/
+    outputs.export_saved_model(archive, version=outputs.next_version())  # saved_model/<v>/
     outputs.write_json("metrics.json", metrics)
     outputs.finish(blessed=True)           # BLESSED if the gate passed, then _SUCCESS, last
 
 Single files are atomic on both backends (local temp file + rename; a GCS upload is only visible
 once complete). A SavedModel is a folder: locally it is renamed into place; on GCS its
 ``saved_model.pb`` is uploaded after every other file, because serving systems (TF Serving,
-Vertex AI) treat a folder as a model only once that file exists.
+Vertex AI) treat a folder as a model only once that file exists. ``saved_model/`` is a model
+base path as TF Serving expects it: each run adds a numbered version folder (unix seconds, and
+always above every version already there), so a server watching it loads the newest.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from trainer.data import storage as storage_lib
 from trainer.data.storage import Storage
+from trainer.errors import StorageNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +68,26 @@ class Outputs:
             with open(path, "rb") as f:
                 return self.write_bytes("model.keras", f.read())
 
-    def export_saved_model(self, model: Any) -> str:
-        """Writes the serving export ``saved_model/``; returns its URI."""
-        saved_uri = self.uri("saved_model")
+    def next_version(self) -> int:
+        """A SavedModel version above every one under ``saved_model/``: unix seconds, or more."""
+        base = self.uri("saved_model")
+        try:
+            names = self.storage.list(base)
+        except StorageNotFoundError:
+            names = []
+        taken = [
+            int(part)
+            for name in names
+            if (part := name[len(base) :].lstrip("/").split("/")[0]).isdigit()
+        ]
+        return max([int(time.time()), *(v + 1 for v in taken)])
+
+    def export_saved_model(self, archive: Any, *, version: int) -> str:
+        """Writes `archive` (a keras.export.ExportArchive) as ``saved_model/<version>/``."""
+        saved_uri = self.uri(f"saved_model/{version}")
         with tempfile.TemporaryDirectory(prefix="streamtrain-export-") as tmp:
-            export_dir = os.path.join(tmp, "saved_model")
-            model.export(export_dir, format="tf_saved_model", verbose=False)
+            export_dir = os.path.join(tmp, str(version))
+            archive.write_out(export_dir, verbose=False)
             if storage_lib.is_gcs(saved_uri):
                 # saved_model.pb last: the folder is a model only once it exists.
                 pb = os.path.join(tmp, "saved_model.pb")

@@ -1,0 +1,193 @@
+"""The serving signatures: encoded image bytes or uint8 pixels in, scores and a label out.
+
+    archive = serving_archive(clone, class_names=["cat", "dog"], image_size=(224, 224),
+                              resize="squash", input_dtype="uint8")
+    archive.write_out("/tmp/saved_model/1764640000")
+
+`serving_default` takes `image_bytes` (tf.string [None], JPEG, PNG, GIF or BMP) and decodes
+inside the graph the way `trainer.data.decode.decode_image` does in training:
+
+- JPEG is decoded DCT-scaled (`tf.io.decode_jpeg(ratio=)`, accurate integer IDCT as
+  simplejpeg's default) to the smallest of 1/1, 1/2, 1/4, 1/8 that keeps the side(s) the resize
+  mode needs at least the target. libjpeg-turbo in training may also pick 3/8, 5/8, 3/4, 7/8, so
+  the decoded image can be up to 2x larger here before the resize: the pixels differ by a few
+  levels, not the picture.
+- The resize is the decoder's: area averaging when an axis shrinks 2x or more (OpenCV's
+  INTER_AREA), bilinear with half-pixel centres otherwise (INTER_LINEAR), rounded to uint8.
+- `resize` squash / crop / pad with the decoder's arithmetic (the same rounding of the crop box
+  and of the padded size, the same centring).
+- Greyscale and palette images become RGB, alpha is dropped (not composited), like Pillow's
+  `convert("RGB")`; 16-bit PNG is cut to 8 bits by libpng (the decoder rounds: at most 1 level).
+- Not done here: EXIF orientation (TensorFlow's JPEG decoder ignores it; send upright images or
+  use `serving_pixels`), CMYK JPEG, and the decoder's pixel limit.
+
+`serving_pixels` takes `pixels` (uint8 [None, H, W, 3]) already decoded and resized. Both
+return `scores` (float32 [None, classes], the softmax of the logits) and `label` (tf.string
+[None], the top-1 class name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+JPEG_RATIOS = (8, 4, 2, 1)  # tried from the smallest decode up
+SCALE_METHOD = "area"  # M/8 DCT scaling, approximated from the next power of two
+
+
+def decode_image_tf(data: Any, *, size: tuple[int, int], resize: str = "squash") -> Any:
+    """One encoded image (a scalar tf.string) → uint8 [H, W, 3], as `decode_image` does."""
+    import tensorflow as tf
+
+    th, tw = (int(v) for v in size)
+
+    def jpeg() -> Any:
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        h, w = shape[0], shape[1]
+        mw, mh = _min_decode_size(w, h, tw, th, resize)
+        # libjpeg-turbo's choice in training: the smallest M/8 keeping (mw, mh).
+        m = tf.constant(8, tf.int64)
+        for k in range(7, 0, -1):
+            fits = tf.logical_and(-(-w * k // 8) >= mw, -(-h * k // 8) >= mh)
+            m = tf.where(fits, tf.constant(k, tf.int64), m)
+        sw, sh = -(-w * m // 8), -(-h * m // 8)
+        # TensorFlow scales by 1/1, 1/2, 1/4 or 1/8 only: the nearest at least as large...
+        branch = tf.constant(len(JPEG_RATIOS) - 1, tf.int32)
+        for i in reversed(range(len(JPEG_RATIOS) - 1)):
+            branch = tf.where(8 // JPEG_RATIOS[i] >= m, tf.constant(i, tf.int32), branch)
+
+        def decoder(ratio: int) -> Any:
+            return lambda: tf.io.decode_jpeg(
+                data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
+            )
+
+        pixels = tf.switch_case(branch, [decoder(r) for r in JPEG_RATIOS])
+        # ...then area-averaged down to the size libjpeg-turbo's M/8 scaling gives.
+        return _resize(pixels, sw, sh, method=SCALE_METHOD)
+
+    def other() -> Any:
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    pixels = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    pixels = tf.ensure_shape(pixels, [None, None, 3])
+    return tf.ensure_shape(_fit(pixels, tw, th, resize), [th, tw, 3])
+
+
+def _min_decode_size(w: Any, h: Any, tw: int, th: int, resize: str) -> tuple[Any, Any]:
+    """decode._min_decode_size on int64 tensors."""
+    import tensorflow as tf
+
+    if resize != "pad":
+        return tf.constant(tw, tf.int64), tf.constant(th, tf.int64)
+    width_limits = tw * h <= th * w
+    fw = tf.where(width_limits, tf.constant(tw, tf.int64), -(-w * th // h))
+    fh = tf.where(width_limits, -(-h * tw // w), tf.constant(th, tf.int64))
+    one = tf.constant(1, tf.int64)
+    return tf.maximum(one, tf.minimum(w, fw)), tf.maximum(one, tf.minimum(h, fh))
+
+
+def _fit(pixels: Any, tw: int, th: int, resize: str) -> Any:
+    """decode._fit: uint8 [h, w, 3] → [th, tw, 3] by `resize`, the same box arithmetic."""
+    import tensorflow as tf
+
+    shape = tf.shape(pixels, out_type=tf.int64)
+    h, w = shape[0], shape[1]
+    wf, hf = tf.cast(w, tf.float64), tf.cast(h, tf.float64)
+    one = tf.constant(1, tf.int64)
+    if resize == "crop":
+        scale = tf.maximum(tw / wf, th / hf)
+        cw = tf.minimum(w, tf.maximum(one, _round(tw / scale)))
+        ch = tf.minimum(h, tf.maximum(one, _round(th / scale)))
+        x0, y0 = (w - cw) // 2, (h - ch) // 2
+        return _resize(pixels[y0 : y0 + ch, x0 : x0 + cw], tw, th)
+    if resize == "pad":
+        scale = tf.minimum(tw / wf, th / hf)
+        rw = tf.minimum(tf.constant(tw, tf.int64), tf.maximum(one, _round(wf * scale)))
+        rh = tf.minimum(tf.constant(th, tf.int64), tf.maximum(one, _round(hf * scale)))
+        inner = _resize(pixels, rw, rh)
+        x0, y0 = (tw - rw) // 2, (th - rh) // 2
+        return tf.pad(inner, [[y0, th - rh - y0], [x0, tw - rw - x0], [0, 0]])
+    return _resize(pixels, tw, th)
+
+
+def _round(x: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.cast(tf.round(x), tf.int64)  # half to even, as Python's round()
+
+
+def _resize(pixels: Any, tw: Any, th: Any, method: str | None = None) -> Any:
+    """decode._resize: area when an axis shrinks 2x or more, else bilinear; uint8 out."""
+    import tensorflow as tf
+
+    shape = tf.shape(pixels, out_type=tf.int64)
+    h, w = shape[0], shape[1]
+    tw, th = tf.cast(tw, tf.int64), tf.cast(th, tf.int64)
+    target = tf.cast(tf.stack([th, tw]), tf.int32)
+    same = tf.logical_and(tf.equal(w, tw), tf.equal(h, th))
+    shrink = tf.logical_and(
+        tf.logical_or(w >= 2 * tw, h >= 2 * th), tf.logical_and(w >= tw, h >= th)
+    )
+
+    def resized(method: str) -> Any:
+        out = tf.image.resize(pixels, target, method=method)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+    return tf.cond(
+        same,
+        lambda: pixels,
+        lambda: (
+            resized(method)
+            if method
+            else tf.cond(shrink, lambda: resized("area"), lambda: resized("bilinear"))
+        ),
+    )
+
+
+def serving_archive(
+    model: Any,
+    *,
+    class_names: Sequence[str],
+    image_size: tuple[int, int],
+    resize: str,
+    input_dtype: str,
+) -> Any:
+    """A `keras.export.ExportArchive` of `model` with the two signatures above."""
+    import keras
+    import tensorflow as tf
+
+    height, width = (int(v) for v in image_size)
+    labels = list(class_names)
+    if int(model.output_shape[-1]) != len(labels):
+        raise ValueError(
+            f"the model has {model.output_shape[-1]} outputs but {len(labels)} class names"
+        )
+
+    def predict(pixels: Any) -> dict[str, Any]:
+        x = pixels if input_dtype == "uint8" else tf.cast(pixels, tf.float32) / 255.0
+        logits = tf.cast(model(x, training=False), tf.float32)
+        scores = tf.nn.softmax(logits, axis=-1)
+        top = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        return {"scores": scores, "label": tf.gather(tf.constant(labels), top)}
+
+    def from_bytes(image_bytes: Any) -> dict[str, Any]:
+        pixels = tf.map_fn(
+            lambda b: decode_image_tf(b, size=(height, width), resize=resize),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8),
+        )
+        return predict(pixels)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        from_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        "serving_pixels",
+        predict,
+        input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="pixels")],
+    )
+    return archive
