@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "trainer"
-STAGES = ("config", "data", "distribute", "model", "train", "export")
+STAGES = ("config", "data", "pack", "distribute", "model", "train", "export")
 SHARED = ("errors", "logs")
 MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 250

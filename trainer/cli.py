@@ -1,4 +1,5 @@
-"""The `trainer` command: `trainer train [options]` runs a training job, `trainer version`.
+"""The `trainer` command: `trainer train [options]` runs a training job, `trainer pack`
+packs images into shards, `trainer version`.
 
     python -m trainer train --data gs://bucket/images --output gs://bucket/runs/1 --epochs 3
     python -m trainer train --help        # every option with its TRAINER_* variable
@@ -55,8 +56,34 @@ def make_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="log warnings and errors only"
     )
     config_module.add_arguments(train)
+    pack = commands.add_parser(
+        "pack",
+        help="pack images into tar shards with an index (train on them with --data)",
+        description="Pack a class-folder tree or a manifest into WebDataset-style tar shards "
+        "and an index.json; resumable, _SUCCESS written last.",
+        allow_abbrev=False,
+    )
+    pack.add_argument("-v", "--verbose", action="count", default=0, help="debug logs")
+    from trainer.pack.command import add_pack_arguments
+
+    add_pack_arguments(pack)
     commands.add_parser("version", help="print the trainer's version", allow_abbrev=False)
     return parser
+
+
+def _pack(namespace: argparse.Namespace) -> int:
+    from trainer.data.storage import Storage
+    from trainer.pack.command import pack_config
+    from trainer.pack.writer import merge_only, pack
+
+    setup_logging(namespace.verbose)
+    cfg = pack_config(namespace, os.environ)
+    with Storage(concurrency=max(32, cfg.workers)) as storage:
+        if namespace.merge_only:
+            merge_only(cfg, storage)
+        else:
+            pack(cfg, storage)
+    return ExitCode.OK
 
 
 def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
@@ -79,6 +106,8 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> in
         if namespace.command == "version":
             sys.stdout.write(f"streamtrain {_version()}\n")
             return ExitCode.OK
+        if namespace.command == "pack":
+            return _pack(namespace)
         return _train(namespace, hooks)
     except TrainerError as e:
         # One line, no traceback: the message says what to fix.

@@ -46,7 +46,14 @@ try:  # Optional fast path; see the module docstring.
 except ImportError:  # pragma: no cover - depends on the installation
     simplejpeg = None
 
-__all__ = ["JPEG_BACKEND", "REASONS", "RESIZE_MODES", "ImageDecodeError", "decode_image"]
+__all__ = [
+    "JPEG_BACKEND",
+    "REASONS",
+    "RESIZE_MODES",
+    "ImageDecodeError",
+    "decode_image",
+    "upright_size",
+]
 
 JPEG_BACKEND = "simplejpeg" if simplejpeg is not None else "pillow"
 
@@ -124,6 +131,25 @@ def decode_image(
     if dtype == "float32":
         return np.multiply(out, np.float32(1 / 255), dtype=np.float32)
     return np.ascontiguousarray(out)
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of the picture as shown (EXIF orientation applied), from its header."""
+    if not data:
+        raise ImageDecodeError("empty", "the file is empty (0 bytes)")
+    if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            pass
+        else:
+            return (w, h) if _jpeg_orientation(data) in _SWAPS_AXES else (h, w)
+    img = _open(data)
+    try:
+        w, h = img.size
+        return (w, h) if _orientation(img) in _SWAPS_AXES else (h, w)
+    finally:
+        img.close()
 
 
 def _check_pixels(w: int, h: int, max_pixels: int) -> None:

@@ -85,6 +85,11 @@ class DatasetIndex:
         permutation seeded with `seed` only, so the split does not depend on listing order
         (the index is sorted) nor on how many workers read it.
         """
+        train, val = self.split_positions(val_split=val_split, seed=seed)
+        return self.subset(train), self.subset(val)
+
+    def split_positions(self, *, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The positions `split` puts in (train, validation), ascending."""
         if not 0 <= val_split < 1:
             raise ValueError(f"val_split must be in [0, 1), got {val_split}")
         labels = np.asarray(self.labels, dtype=np.int64)
@@ -94,10 +99,10 @@ class DatasetIndex:
             members = np.flatnonzero(labels == label)
             n_val = round(len(members) * val_split)
             val_mask[rng.permutation(members)[:n_val]] = True
-        return self._subset(~val_mask), self._subset(val_mask)
+        return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
 
-    def _subset(self, mask: np.ndarray) -> DatasetIndex:
-        positions = np.flatnonzero(mask)
+    def subset(self, positions: np.ndarray) -> DatasetIndex:
+        """The objects at `positions`, in that order."""
         return DatasetIndex(
             uris=tuple(self.uris[i] for i in positions),
             labels=tuple(self.labels[i] for i in positions),

@@ -51,6 +51,28 @@ def default_fetch_threads(uris: Sequence[str]) -> int:
     return 2 * (os.cpu_count() or 1)
 
 
+def _log_remainder(plan: Any, shard_index: int, shard_count: int) -> None:
+    if plan.padded:
+        logger.info(
+            "shard %d/%d: %d objects in %d batches; remainder 'pad' repeats %d samples per epoch",
+            shard_index,
+            shard_count,
+            len(plan.members),
+            len(plan),
+            plan.padded,
+        )
+    if plan.dropped:
+        logger.info(
+            "shard %d/%d: %d objects in %d batches; remainder 'drop' leaves out %d "
+            "samples per epoch (different ones each epoch)",
+            shard_index,
+            shard_count,
+            len(plan.members),
+            len(plan),
+            plan.dropped,
+        )
+
+
 class ImageSequence(keras.utils.PyDataset):
     """Labelled image batches, prefetched by a thread pool; see the module docstring."""
 
@@ -93,8 +115,7 @@ class ImageSequence(keras.utils.PyDataset):
         self.image_size = tuple(image_size)
         self.dtype = dtype
         self.on_corrupt = on_corrupt
-        self.plan = BatchPlan(
-            num_samples=len(index),
+        self.plan = self._make_plan(
             batch_size=batch_size,
             replica_multiple=replica_multiple,
             shard_index=shard_index,
@@ -126,27 +147,7 @@ class ImageSequence(keras.utils.PyDataset):
         self._report_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._quarantine: dict[str, dict[str, str]] = {}
-        plan = self.plan
-        if plan.padded:
-            logger.info(
-                "shard %d/%d: %d objects in %d batches; remainder 'pad' repeats %d "
-                "samples per epoch",
-                shard_index,
-                shard_count,
-                len(plan.members),
-                len(plan),
-                plan.padded,
-            )
-        if plan.dropped:
-            logger.info(
-                "shard %d/%d: %d objects in %d batches; remainder 'drop' leaves out %d "
-                "samples per epoch (different ones each epoch)",
-                shard_index,
-                shard_count,
-                len(plan.members),
-                len(plan),
-                plan.dropped,
-            )
+        _log_remainder(self.plan, shard_index, shard_count)
 
     # --- PyDataset protocol -------------------------------------------------------------------
 
@@ -216,6 +217,14 @@ class ImageSequence(keras.utils.PyDataset):
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _make_plan(self, **options: Any) -> Any:
+        """The batch plan; a subclass may plan differently (packed shards)."""
+        return BatchPlan(num_samples=len(self.index), **options)
+
+    def _read(self, position: int, uri: str) -> bytes:
+        """The bytes of sample `position`; a subclass may read them elsewhere."""
+        return self._fetch(uri)
+
     def _advance(self, epoch: int, index: int, ahead: int) -> tuple[int, int]:
         # Look-ahead runs across the epoch boundary, so epoch e+1 starts warm.
         epoch += (index + ahead) // len(self)
@@ -248,7 +257,7 @@ class ImageSequence(keras.utils.PyDataset):
             uri = self.index.uris[position]
             if uri not in self._quarantine:
                 try:
-                    x[slot] = self._decode(self._fetch(uri))
+                    x[slot] = self._decode(self._read(position, uri))
                     y[slot] = self._labels[position]
                     return
                 except (ImageDecodeError, StorageNotFoundError) as e:

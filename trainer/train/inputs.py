@@ -8,7 +8,11 @@ inputs = build_inputs(config, data, setup, storage=storage, counters=counters,
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from typing import Any
+
+import numpy as np
 
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
@@ -16,6 +20,10 @@ from trainer.data.index import DatasetIndex, load_or_discover
 from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
 from trainer.errors import ConfigError, DataError
+from trainer.pack.format import PackedIndex, open_packed
+
+# The shard cache of a packed gs:// dataset when --cache-size-mb does not size it.
+DEFAULT_SHARD_CACHE_MB = 20 << 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +31,10 @@ class Data:
     index: DatasetIndex
     train: DatasetIndex
     val: DatasetIndex
+    # A packed dataset: its index, and where the split's samples sit in it.
+    packed: PackedIndex | None = None
+    train_positions: np.ndarray | None = None
+    val_positions: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -32,6 +44,7 @@ class Inputs:
     val_seq: Any | None  # None when there are fewer validation objects than workers
     per_replica: int
     local_batch: int
+    shard_cache: Any = None  # ShardCache of a packed dataset
 
     @property
     def steps_per_epoch(self) -> int:
@@ -45,10 +58,18 @@ class Inputs:
         for seq in (self.train_seq, self.val_seq):
             if seq is not None:
                 seq.close()
+        if self.shard_cache is not None:
+            self.shard_cache.close()
 
 
 def load_data(config: Any, storage: Storage) -> Data:
-    """The index (listed, or read from --index) and its seeded train/validation split."""
+    """The index (listed, or read from --index) and its seeded train/validation split.
+
+    A packed dataset (index.json under --data) is recognised by one read and lists nothing.
+    """
+    packed = open_packed(config.data, storage)
+    if packed is not None:
+        return _packed_data(config, packed)
     index = load_or_discover(
         config.data,
         storage=storage,
@@ -57,6 +78,21 @@ def load_data(config: Any, storage: Storage) -> Data:
     )
     train, val = index.split(val_split=config.val_split, seed=config.seed)
     return Data(index=index, train=train, val=val)
+
+
+def _packed_data(config: Any, packed: PackedIndex) -> Data:
+    names = tuple(
+        f"{packed.shard_uri(int(s))}#{k}"
+        for s, k in zip(packed.sample_shard, packed.keys, strict=True)
+    )
+    index = DatasetIndex(
+        uris=names,
+        labels=tuple(packed.labels.tolist()),
+        class_names=packed.class_names,
+        source=config.data,
+    )
+    train, val = index.split_positions(val_split=config.val_split, seed=config.seed)
+    return Data(index, index.subset(train), index.subset(val), packed, train, val)
 
 
 def build_inputs(
@@ -99,27 +135,47 @@ def build_inputs(
         shard_index=cluster.task_index,
         shard_count=cluster.num_workers,
     )
+    sequence, train_extra, val_extra, shard_cache = ImageSequence, {}, {}, None
+    if data.packed is not None:
+        from trainer.pack.sequence import PackedSequence
+        from trainer.pack.shards import ShardCache
+
+        common["cache"] = None  # the shard cache replaces the per-object one
+        directory = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-shards")
+        shard_cache = ShardCache(
+            directory,
+            max_bytes=(config.cache_size_mb or DEFAULT_SHARD_CACHE_MB) << 20,
+            storage=storage,
+            counters=counters,
+        )
+        sequence = PackedSequence
+        train_extra = dict(
+            packed=data.packed, positions=data.train_positions, shard_cache=shard_cache
+        )
+        val_extra = dict(packed=data.packed, positions=data.val_positions, shard_cache=shard_cache)
     try:
-        train_seq = ImageSequence(
+        train_seq = sequence(
             data.train,
             batch_size=local_batch,
             remainder=config.remainder,
             shuffle=True,
             epochs=config.epochs,
             max_batches=config.max_steps_per_epoch,
+            **train_extra,
             **common,
         )
         val_seq = None
         if len(data.val) >= cluster.num_workers:
             # Validation pads (weight 0) instead of dropping: every object is scored once.
-            val_seq = ImageSequence(
+            val_seq = sequence(
                 data.val,
                 batch_size=local_batch,
                 remainder="pad",
                 shuffle=False,
                 epochs=1,
+                **val_extra,
                 **common,
             )
     except ValueError as e:
         raise DataError(f"--data {config.data}: {e}") from None
-    return Inputs(data, train_seq, val_seq, per_replica, local_batch)
+    return Inputs(data, train_seq, val_seq, per_replica, local_batch, shard_cache)
