@@ -1,6 +1,7 @@
 """The exported model judged on the whole validation split, through the trainer's decode path.
 
-    figures = evaluate_exported(exported.model, data.val, config=config, storage=storage)
+    figures = evaluate_exported(exported.model, data.val, config=config, storage=storage,
+                                batch_size=inputs.per_replica)
     figures["val_accuracy"]                   # what --min-val-accuracy is judged on
 
 It runs on the chief only, after the export, in one process: one unsharded ImageSequence over
@@ -27,9 +28,13 @@ def evaluate_exported(
     *,
     config: Any,
     storage: Storage,
+    batch_size: int,
     cache: Any | None = None,
 ) -> dict[str, Any]:
-    """{"val_accuracy", "val_samples"} of `model` over every object of `val` once ({} if none)."""
+    """{"val_accuracy", "val_samples"} of `model` over every object of `val` once ({} if none).
+
+    `batch_size` is best the per-replica batch: it fit one device in training, with gradients.
+    """
     if len(val) == 0:
         return {}
     import tensorflow as tf
@@ -40,7 +45,7 @@ def evaluate_exported(
     try:
         seq = ImageSequence(
             val,
-            batch_size=config.batch_size,
+            batch_size=batch_size,
             image_size=tuple(config.image_size),
             storage=storage,
             dtype=config.dtype,

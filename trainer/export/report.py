@@ -73,6 +73,7 @@ def finish(
         data.val,
         config=config,
         storage=inputs.train_seq.storage,
+        batch_size=inputs.per_replica,
         cache=inputs.val_seq.cache if inputs.val_seq is not None else None,
     )
     gate = metrics.Gate(config.min_val_accuracy, judged.get("val_accuracy"))
