@@ -17,12 +17,11 @@ from PIL import Image
 
 from trainer.data.counters import Counters
 from trainer.data.decode import decode_image
-from trainer.data.index import DatasetIndex
 from trainer.data.storage import Storage
 from trainer.dev.synthetic import write_learnable_dataset
 from trainer.errors import DataError
 from trainer.pack.format import open_packed
-from trainer.pack.sequence import PackedSequence
+from trainer.pack.sequence import PackedSequence, PackedSplit
 from trainer.pack.shards import ShardCache
 from trainer.pack.writer import PackConfig, pack
 
@@ -151,18 +150,17 @@ def test_pack_cli_exit_codes(folder, tmp_path):
     assert (tmp_path / "o" / "_SUCCESS").exists()
 
 
-def _sequence(packed, tmp_path, *, counters=None, worker=0, workers=1, positions=None, **kw):
+def _sequence(packed, tmp_path, *, counters=None, worker=0, workers=1, **kw):
     counters = counters or Counters()
     storage = Storage(counters=counters)
-    positions = np.arange(len(packed)) if positions is None else positions
-    names = tuple(f"{packed.shards[packed.sample_shard[p]]}#{packed.keys[p]}" for p in positions)
-    index = DatasetIndex(names, tuple(int(packed.labels[p]) for p in positions), packed.class_names)
-    cache = ShardCache(str(tmp_path / f"cache{worker}"), max_bytes=1 << 30, storage=storage,
-                       counters=counters)  # fmt: skip
+    cache = ShardCache(
+        str(tmp_path / f"cache{worker}"), max_bytes=1 << 30, storage=storage, counters=counters
+    )
+    split = PackedSplit.of(packed, np.arange(len(packed)), cache)
     options = dict(batch_size=4, image_size=SIZE, seed=3, remainder="pad", storage=storage)
     return PackedSequence(
-        index, packed=packed, positions=positions, shard_cache=cache, counters=counters,
-        shard_index=worker, shard_count=workers, block_shards=2, **{**options, **kw},
+        split, counters=counters, shard_index=worker, shard_count=workers, block_shards=2,
+        **{**options, **kw},
     )  # fmt: skip
 
 

@@ -222,8 +222,10 @@ class ImageSequence(keras.utils.PyDataset):
         return BatchPlan(num_samples=len(self.index), **options)
 
     def _read(self, position: int, uri: str) -> bytes:
-        """The bytes of sample `position`; a subclass may read them elsewhere."""
-        return self._fetch(uri)
+        """The bytes of sample `position`: fetched by name, unless the index reads them itself
+        (a packed split's `read_sample`)."""
+        reader = getattr(self.index, "read_sample", None)
+        return reader(position) if reader is not None else self._fetch(uri)
 
     def _advance(self, epoch: int, index: int, ahead: int) -> tuple[int, int]:
         # Look-ahead runs across the epoch boundary, so epoch e+1 starts warm.

@@ -1,9 +1,8 @@
 """`PackedSequence`: the ImageSequence over a packed dataset (tar shards and index.json).
 
     packed = open_packed("gs://b/packed", storage)
-    seq = PackedSequence(train_index, packed=packed, positions=train_positions,
-                         shard_cache=cache,
-                         batch_size=64, image_size=(224, 224), storage=storage)
+    split = PackedSplit.of(packed, train_positions, cache)
+    seq = PackedSequence(split, batch_size=64, image_size=(224, 224), storage=storage)
 
 Everything but where bytes come from is ImageSequence's: batches, look-ahead, decode slots,
 the corrupt-sample policy and its quarantine. The order is `ShardPlan`'s (whole shards per
@@ -13,6 +12,7 @@ its crc32c; the shards the next samples need are downloaded ahead.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -27,26 +27,65 @@ from trainer.pack.plan import ShardPlan
 from trainer.pack.shards import ShardCache, read_range
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackedSplit(DatasetIndex):
+    """A split of a packed dataset: a DatasetIndex (names `shard.tar#key`) that reads its samples.
+
+    `read_sample` is what any ImageSequence over it uses instead of fetching by name, so code
+    that builds a plain ImageSequence from a split (the exported model's evaluation) works too.
+    """
+
+    packed: PackedIndex | None = None
+    positions: np.ndarray | None = None  # split position → packed position
+    shard_cache: ShardCache | None = None
+
+    @classmethod
+    def of(cls, packed: PackedIndex, positions: np.ndarray, cache: ShardCache, source: str = ""):
+        """The samples of `packed` at `positions`, read through `cache`."""
+        positions = np.asarray(positions, np.int64)
+        shards, keys = packed.sample_shard[positions], [packed.keys[p] for p in positions]
+        return cls(
+            uris=tuple(
+                f"{packed.shard_uri(int(s))}#{k}" for s, k in zip(shards, keys, strict=True)
+            ),
+            labels=tuple(packed.labels[positions].tolist()),
+            class_names=packed.class_names,
+            source=source,
+            packed=packed,
+            positions=positions,
+            shard_cache=cache,
+        )
+
+    def read_sample(self, position: int) -> bytes:
+        """The bytes of sample `position`, checked against the index's crc32c."""
+        packed, p = self.packed, int(self.positions[position])
+        shard_uri = packed.shard_uri(int(packed.sample_shard[p]))
+        with self.shard_cache.opened(shard_uri) as path:
+            data = read_range(path, int(packed.offset[p]), int(packed.size[p]))
+        if google_crc32c.value(data) != int(packed.crc32c[p]):
+            raise ImageDecodeError(
+                "corrupt", f"crc32c mismatch: the bytes in {shard_uri} differ from the index"
+            )
+        return data
+
+
 class PackedSequence(ImageSequence):
-    """Batches of a packed dataset; `index` is the split's DatasetIndex (names for reports)."""
+    """Batches of a packed split in ShardPlan order, shards downloaded ahead of use."""
 
     def __init__(
         self,
-        index: DatasetIndex,
+        index: PackedSplit,
         *,
-        packed: PackedIndex,
-        positions: np.ndarray,
-        shard_cache: ShardCache,
         block_shards: int = 4,
         prefetch_shards: int = 4,
         fetch_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.packed = packed
-        self._where = np.asarray(positions, np.int64)  # split position → packed position
+        self.packed = index.packed
+        self._where = index.positions
         self._block_shards = block_shards
         self.prefetch_shards = prefetch_shards
-        self.shard_cache = shard_cache
+        self.shard_cache = index.shard_cache
         # Reads are local pread()s, so a couple of threads per core keep the decoders busy.
         threads = fetch_threads or 2 * (os.cpu_count() or 1)
         super().__init__(index, fetch_threads=threads, **kwargs)
@@ -68,24 +107,12 @@ class PackedSequence(ImageSequence):
             block_shards=self._block_shards,
         )
 
-    def _read(self, position: int, uri: str) -> bytes:
-        p = int(self._where[position])
-        shard_uri = self.packed.shard_uri(int(self.packed.sample_shard[p]))
-        with self.shard_cache.opened(shard_uri) as path:
-            data = read_range(path, int(self.packed.offset[p]), int(self.packed.size[p]))
-        self.counters.add("samples_read")
-        if google_crc32c.value(data) != int(self.packed.crc32c[p]):
-            raise ImageDecodeError(
-                "corrupt", f"crc32c mismatch: the bytes in {shard_uri} differ from the index"
-            )
-        return data
-
     def _submit(self, epoch: int, index: int) -> Any:
         self._prefetch_shards(epoch, index)
         return super()._submit(epoch, index)
 
     def _prefetch_shards(self, epoch: int, index: int) -> None:
-        """Start downloading the next `prefetch_shards` shards after this batch's first."""
+        """Start downloading this batch's block of shards and the next `prefetch_shards`."""
         start, _ = self.plan.batch_bounds(index)
         order = self.plan.shard_order(epoch)
         first = int(self.packed.sample_shard[self._where[self.plan.epoch_order(epoch)[start]]])
@@ -97,6 +124,3 @@ class PackedSequence(ImageSequence):
             ahead += self.plan.shard_order(epoch + 1)[: self.prefetch_shards]
         for shard in ahead:
             self.shard_cache.prefetch(self.packed.shard_uri(shard))
-
-    def close(self) -> None:
-        super().close()

@@ -60,7 +60,8 @@ class ShardCache:
         self._pins: collections.Counter[str] = collections.Counter()
         self._downloads: dict[str, concurrent.futures.Future] = {}
         self._total = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(download_threads, "shard-download")
+        self._threads = download_threads
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         os.makedirs(directory, exist_ok=True)
         self._load_existing()
 
@@ -95,7 +96,7 @@ class ShardCache:
         with self._lock:
             if self._path(uri) in self._entries or uri in self._downloads:
                 return
-            self._downloads[uri] = self._pool.submit(self._download, uri)
+            self._downloads[uri] = self._submit(uri)
 
     @contextlib.contextmanager
     def opened(self, uri: str) -> Iterator[str]:
@@ -113,7 +114,7 @@ class ShardCache:
                     break
                 future = self._downloads.get(uri)
                 if future is None:
-                    future = self._downloads[uri] = self._pool.submit(self._download, uri)
+                    future = self._downloads[uri] = self._submit(uri)
             future.result()  # a failed download raises here, for every waiter
         try:
             yield path
@@ -123,6 +124,13 @@ class ShardCache:
                 if not self._pins[path]:
                     del self._pins[path]
                 self._evict()
+
+    def _submit(self, uri: str) -> concurrent.futures.Future:
+        # Under the lock. The pool starts again after close(): the exported model's evaluation
+        # reads the validation shards after the training inputs were closed.
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, "shard-download")
+        return self._pool.submit(self._download, uri)
 
     def _download(self, uri: str) -> None:
         path = self._path(uri)
@@ -150,4 +158,9 @@ class ShardCache:
             self.counters.add("shard_evictions")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the downloads (a later read starts the pool again)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._downloads.clear()  # cancelled below; a later read starts them again
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -31,10 +31,7 @@ class Data:
     index: DatasetIndex
     train: DatasetIndex
     val: DatasetIndex
-    # A packed dataset: its index, and where the split's samples sit in it.
-    packed: PackedIndex | None = None
-    train_positions: np.ndarray | None = None
-    val_positions: np.ndarray | None = None
+    packed: PackedIndex | None = None  # a packed dataset; train and val are PackedSplits
 
 
 @dataclasses.dataclass
@@ -69,7 +66,7 @@ def load_data(config: Any, storage: Storage) -> Data:
     """
     packed = open_packed(config.data, storage)
     if packed is not None:
-        return _packed_data(config, packed)
+        return _packed_data(config, packed, storage)
     index = load_or_discover(
         config.data,
         storage=storage,
@@ -80,19 +77,32 @@ def load_data(config: Any, storage: Storage) -> Data:
     return Data(index=index, train=train, val=val)
 
 
-def _packed_data(config: Any, packed: PackedIndex) -> Data:
-    names = tuple(
-        f"{packed.shard_uri(int(s))}#{k}"
-        for s, k in zip(packed.sample_shard, packed.keys, strict=True)
+def _packed_data(config: Any, packed: PackedIndex, storage: Storage) -> Data:
+    from trainer.pack.sequence import PackedSplit
+    from trainer.pack.shards import ShardCache
+
+    directory = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-shards")
+    cache = ShardCache(
+        directory,
+        max_bytes=(config.cache_size_mb or DEFAULT_SHARD_CACHE_MB) << 20,
+        storage=storage,
     )
-    index = DatasetIndex(
-        uris=names,
+    names = DatasetIndex(
+        uris=tuple(
+            f"{packed.shards[s]}#{k}" for s, k in zip(packed.sample_shard, packed.keys, strict=True)
+        ),
         labels=tuple(packed.labels.tolist()),
         class_names=packed.class_names,
         source=config.data,
     )
-    train, val = index.split_positions(val_split=config.val_split, seed=config.seed)
-    return Data(index, index.subset(train), index.subset(val), packed, train, val)
+    train, val = names.split_positions(val_split=config.val_split, seed=config.seed)
+    everything = PackedSplit.of(packed, np.arange(len(packed)), cache, source=config.data)
+    return Data(
+        everything,
+        PackedSplit.of(packed, train, cache, source=config.data),
+        PackedSplit.of(packed, val, cache, source=config.data),
+        packed,
+    )
 
 
 def build_inputs(
@@ -135,24 +145,14 @@ def build_inputs(
         shard_index=cluster.task_index,
         shard_count=cluster.num_workers,
     )
-    sequence, train_extra, val_extra, shard_cache = ImageSequence, {}, {}, None
+    sequence, shard_cache = ImageSequence, None
     if data.packed is not None:
         from trainer.pack.sequence import PackedSequence
-        from trainer.pack.shards import ShardCache
 
         common["cache"] = None  # the shard cache replaces the per-object one
-        directory = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-shards")
-        shard_cache = ShardCache(
-            directory,
-            max_bytes=(config.cache_size_mb or DEFAULT_SHARD_CACHE_MB) << 20,
-            storage=storage,
-            counters=counters,
-        )
+        shard_cache = data.train.shard_cache
+        shard_cache.counters = counters  # the run's counters, made after the data was loaded
         sequence = PackedSequence
-        train_extra = dict(
-            packed=data.packed, positions=data.train_positions, shard_cache=shard_cache
-        )
-        val_extra = dict(packed=data.packed, positions=data.val_positions, shard_cache=shard_cache)
     try:
         train_seq = sequence(
             data.train,
@@ -161,7 +161,6 @@ def build_inputs(
             shuffle=True,
             epochs=config.epochs,
             max_batches=config.max_steps_per_epoch,
-            **train_extra,
             **common,
         )
         val_seq = None
@@ -173,7 +172,6 @@ def build_inputs(
                 remainder="pad",
                 shuffle=False,
                 epochs=1,
-                **val_extra,
                 **common,
             )
     except ValueError as e:
