@@ -4,8 +4,8 @@ Each runs `strategy.run` inside a `tf.function`. The training step returns, summ
 replica, [loss sum, correct, samples, input digest, stop votes]: the loop needs no other
 collective to log, trace inputs or agree to stop. Augmentation is drawn from
 (seed, step, replica), so a resumed run draws exactly what the uninterrupted one did. With
-`jit_compile`, the forward and backward pass is compiled by XLA; the optimizer's update (which
-all-reduces) stays outside it.
+`jit_compile`, the forward and backward pass is compiled by XLA; augmentation and the
+optimizer's update (which all-reduces) stay outside it.
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ def compile_steps(
             )
         return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
 
-    def gradients(x, y, seed, poison):
-        x = augment(x, seed=seed, level=options.augment)
+    def gradients(x, y, poison):
         with tf.GradientTape() as tape:
             logits = model(x, training=True)
             per_example = loss_per_example(y, logits)
@@ -112,7 +111,9 @@ def compile_steps(
             [tf.constant(options.seed, tf.int64), step * 1024 + tf.cast(replica, tf.int64)]
         )
         poison = tf.logical_and(tf.equal(step, options.overflow_step), tf.equal(replica, 1))
-        grads, per_example, correct = gradients(x, y, seed, poison)
+        # Outside XLA: crop_and_resize has no XLA kernel.
+        augmented = augment(x, seed=seed, level=options.augment)
+        grads, per_example, correct = gradients(augmented, y, poison)
         optimizer.apply(grads, variables)
         digest = tf.reduce_sum(tf.cast(x, tf.float64)) + tf.reduce_sum(tf.cast(y, tf.float64)) * 1e9
         return tf.stack(
