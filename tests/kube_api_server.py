@@ -124,6 +124,7 @@ class KubeApiServer:
         self.token = TOKEN
         self.errors: dict[tuple[str, str], dict[str, Any]] = {}  # (method, plural) -> Status
         self.expire_watches: dict[str, int] = {}  # plural -> how many watches answer 410
+        self.watch_lag_s: dict[str, float] = {}  # plural -> delay before each watch event
         # Custom API groups installed in this cluster and the versions served, newest first.
         self.served: dict[str, list[str]] = {
             "jobset.x-k8s.io": ["v1alpha2"],
@@ -656,6 +657,9 @@ class KubeApiServer:
                     obj, labels=query.get("labelSelector"), fields=query.get("fieldSelector")
                 ):
                     continue
+                # A lagging watch (a busy API server, a slow connection): events arrive late,
+                # and in a different order than another resource's watch sends them.
+                time.sleep(self.watch_lag_s.get(plural, 0.0))
                 event = {"type": event_type, "object": served_as(obj, api_version)}
                 line = json.dumps(event).encode() + b"\n"
                 if not self._chunk(handler, line):

@@ -154,6 +154,21 @@ def test_pending_until_timeout_reports_why(api, kubeconfig, caplog, status, reas
     assert any(reason in r.getMessage() and "waiting" in r.getMessage() for r in caplog.records)
 
 
+def test_logs_of_a_pod_the_pod_watch_reports_late_are_not_missed(api, kubeconfig):
+    """The Job's watch says Failed before the pod watch has shown the pod: its log and exit
+    code are still printed (the pods are listed again at the end)."""
+    api.watch_lag_s["pods"] = 1.0
+
+    def scenario(job):
+        api.run_pod(job, index=0, logs=["reading gs://data-bkt/flowers"], exit_code=2)
+        api.set_job_condition(job["metadata"]["name"], "Failed", reason="PodFailurePolicy")
+
+    api.on_job_created = scenario
+    code, out = run(kubeconfig, "--wait", "--timeout=30s")
+    assert code == LaunchExit.BAD_INPUT
+    assert "[worker 0] reading gs://data-bkt/flowers" in out
+
+
 def test_name_conflict_exits_15(api, kubeconfig, caplog):
     api.put("jobs", {"metadata": {"name": "nightly"}, "spec": {}})
     code, _ = run(kubeconfig, "--name=nightly")

@@ -322,7 +322,22 @@ class JobFollower:
         phases = sorted({(p.get("status") or {}).get("phase", "?") for p in self.pods.values()})
         return f"pods {', '.join(phases)}"
 
+    def _catch_up_pods(self) -> None:
+        """Lists the pods once more: the pod watch can lag the Job's, and a pod that ran and
+        ended in between would otherwise have its log missed."""
+        try:
+            with api_errors(f"pods of {self.what}"):
+                listing = self.core.list_namespaced_pod(
+                    self.namespace, label_selector=self.pod_selector
+                )
+        except LaunchError as e:
+            logger.warning("%s", e)
+            return
+        for pod in listing.items:
+            self._on_pod("MODIFIED", self.api.sanitize_for_serialization(pod))
+
     def _drain_logs(self) -> None:
+        self._catch_up_pods()
         deadline = time.monotonic() + LOG_DRAIN_S
         for thread in self.log_threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
