@@ -102,3 +102,22 @@ def test_weights_that_do_not_fit_exit_2_with_one_line(few, tmp_path, gcs_env, ba
     assert bad.code == 2, bad.log[-3000:]
     (line,) = bad.error_lines()
     assert "--weights" in line and "--model" in line
+
+
+def test_a_weights_file_loads_into_the_backbone_and_a_wrong_one_exits_2(few, tmp_path):
+    from trainer.model.zoo import build_model
+
+    model = build_model("small_cnn", num_classes=2, image_size=(32, 32))
+    good = tmp_path / "small.weights.h5"
+    model.get_layer("backbone").save_weights(good)
+    loaded = run("--data", few, "--output", str(tmp_path / "good"), "--epochs", "2",
+                 "--weights", str(good), *COMMON)  # fmt: skip
+    assert loaded.code == 0, loaded.log[-3000:]
+    assert loaded.lines("backbone weights: .*small.weights.h5")
+    wrong = tmp_path / "wrong.weights.h5"
+    build_model("small_cnn", num_classes=2, image_size=(32, 32)).save_weights(wrong)
+    bad = run("--data", few, "--output", str(tmp_path / "bad"), "--epochs", "2",
+              "--weights", str(wrong), *COMMON)  # fmt: skip
+    assert bad.code == 2, bad.log[-3000:]
+    (line,) = bad.error_lines()
+    assert "--weights" in line and "small_cnn" in line

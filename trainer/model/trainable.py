@@ -14,6 +14,7 @@ from typing import Any
 from trainer.data.index import DatasetIndex
 from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
+from trainer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,20 @@ def build_trainable(
     )
     with tempfile.TemporaryDirectory(prefix="streamtrain-weights-") as tmp, setup.strategy.scope():
         source = fetch_backbone(config.weights, storage=storage, tmp=tmp)
-        model = build_model(
-            config.model,
-            num_classes=index.num_classes,
-            image_size=tuple(config.image_size),
-            input_dtype=config.dtype,
-            weights=source.for_builder,
-            pretrained=source.pretrained,
-        )
+        try:
+            model = build_model(
+                config.model,
+                num_classes=index.num_classes,
+                image_size=tuple(config.image_size),
+                input_dtype=config.dtype,
+                weights=source.for_builder,
+                pretrained=source.pretrained,
+            )
+        except (ValueError, OSError) as e:
+            raise ConfigError(
+                f"--weights {config.weights}: cannot load into the {config.model} backbone "
+                f"({' '.join(str(e).split())[:200]}); pass weights saved from the same --model"
+            ) from None
         source.copy_into(model)
         if config.init_weights:
             load_init_weights(
