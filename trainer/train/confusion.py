@@ -44,7 +44,9 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str]) -> bytes:
         for j in range(k):
             shade = int(255 * (1 - share[i, j]))
             x0, y0 = margin + j * CELL, margin + i * CELL
-            draw.rectangle([x0, y0, x0 + CELL - 1, y0 + CELL - 1], fill=(shade, shade, 255))
+            draw.rectangle(
+                [x0, y0, x0 + CELL - 1, y0 + CELL - 1], fill=(shade, shade, 255), outline="#ddd"
+            )
             if labelled and confusion[i, j]:
                 colour = "white" if share[i, j] > 0.5 else "black"
                 draw.text((x0 + 3, y0 + 8), f"{int(confusion[i, j])}", fill=colour)
@@ -52,7 +54,7 @@ def confusion_png(confusion: np.ndarray, class_names: Sequence[str]) -> bytes:
         for k_, name in enumerate(class_names):
             draw.text((4, margin + k_ * CELL + 8), name[:16], fill="black")
             draw.text((margin + k_ * CELL + 2, margin - 14 - 12 * (k_ % 2)), name[:4], fill="black")
-        draw.text((4, 4), "true \u2193  predicted \u2192", fill="black")
+        draw.text((4, 4), "rows: true class, columns: predicted", fill="black")
     buffer = io.BytesIO()
     img.save(buffer, format="PNG")
     return buffer.getvalue()
