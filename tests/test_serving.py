@@ -1,7 +1,7 @@
 """The serving export: a float32 SavedModel that takes image bytes or pixels, in saved_model/<v>/.
 
 * the in-graph decode matches trainer.data.decode on JPEG, PNG, greyscale, alpha and palette
-  images, square and not, in every resize mode;
+  images, square and not, in every resize mode, and turns JPEGs upright by their EXIF tag;
 * the float32 clone leaves Keras' global dtype policy as it found it;
 * SavedModel versions only grow, run over run;
 * end to end: the trainer CLI trains (float32 with --resize crop; bf16 with --resize pad), a
@@ -77,6 +77,34 @@ def test_the_graph_decodes_as_the_trainer_does(resize):
             # A JPEG decoded at another DCT scale differs by a few levels, not a picture.
             assert diff.mean() < 6, (name, diff.mean())
     assert np.mean(list(means.values())) < 0.6, means
+
+
+def test_the_graph_turns_jpegs_upright_by_their_exif_orientation():
+    import tensorflow as tf
+
+    from trainer.export.signatures import decode_image_tf, jpeg_orientation
+
+    img = natural_image(np.random.default_rng(3), width=120, height=70)
+    size = (40, 56)
+    decoded = {}
+    for endian in ("<", ">"):  # TIFF little- and big-endian
+        for orientation in range(1, 9):
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            exif.endian = endian
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+            data = buf.getvalue()
+            assert int(jpeg_orientation(tf.constant(data))) == orientation
+            want = decode_image(data, size=size, resize="crop").astype(int)
+            got = decode_image_tf(tf.constant(data), size=size, resize="crop").numpy()
+            decoded[endian, orientation] = (want, got.astype(int))
+    assert int(jpeg_orientation(tf.constant(_encoded(img, "JPEG")))) == 1  # no EXIF at all
+    for (endian, orientation), (_, got) in decoded.items():
+        # Closest to the trainer's picture in the same orientation, far from every other.
+        errors = {k: np.abs(got - decoded[endian, k][0]).mean() for k in range(1, 9)}
+        assert min(errors, key=errors.get) == orientation, (endian, orientation, errors)
+        assert errors[orientation] < 6, (endian, orientation, errors)
 
 
 def test_the_float32_clone_leaves_the_global_policy_alone():
@@ -241,7 +269,7 @@ def test_the_savedmodel_serves_image_bytes_as_the_trainer_evaluates(
     assert suffixes == {".jpg", ".png"}
     sizes = [Image.open(u).size for u in val.uris]
     assert sum(w != h for w, h in sizes) > 100, "mostly non-square images"
-    # Also greyscale and alpha versions of a few of them, which training never saw.
+    # Also greyscale, alpha and EXIF-rotated versions of a few, which training never saw.
     extra = []
     for i, uri in enumerate(val.uris[:6]):
         img = Image.open(uri).convert("RGB")
@@ -249,6 +277,12 @@ def test_the_savedmodel_serves_image_bytes_as_the_trainer_evaluates(
             path = tmp_path / f"extra_{i}_{mode}.{fmt.lower()}"
             img.convert(mode).save(path, format=fmt)
             extra.append(str(path))
+        # Stored on its side, with the EXIF tag (6: rotate 90° clockwise) that puts it upright.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        path = tmp_path / f"extra_{i}_exif6.jpg"
+        img.transpose(Image.Transpose.ROTATE_90).save(path, format="JPEG", exif=exif.tobytes())
+        extra.append(str(path))
     requests = tmp_path / "requests.json"
     paths = [*val.uris, *extra]
     requests.write_text(json.dumps(paths))

@@ -18,8 +18,9 @@ inside the graph the way `trainer.data.decode.decode_image` does in training:
   and of the padded size, the same centring).
 - Greyscale and palette images become RGB, alpha is dropped (not composited), like Pillow's
   `convert("RGB")`; 16-bit PNG is cut to 8 bits by libpng (the decoder rounds: at most 1 level).
-- Not done here: EXIF orientation (TensorFlow's JPEG decoder ignores it; send upright images or
-  use `serving_pixels`), CMYK JPEG, and the decoder's pixel limit.
+- A JPEG's EXIF orientation is read from its bytes in the graph (TensorFlow's decoder ignores
+  it) and applied after the resize, as the decoder does.
+- Not done here: a PNG's eXIf orientation, CMYK JPEG, and the decoder's pixel limit.
 
 `serving_pixels` takes `pixels` (uint8 [None, H, W, 3]) already decoded and resized. Both
 return `scores` (float32 [None, classes], the softmax of the logits) and `label` (tf.string
@@ -33,6 +34,7 @@ from typing import Any
 
 JPEG_RATIOS = (8, 4, 2, 1)  # tried from the smallest decode up
 SCALE_METHOD = "area"  # M/8 DCT scaling, approximated from the next power of two
+EXIF_SCAN_BYTES = 1 << 17  # the EXIF block is in the first APP1 segment, at most 64 KiB long
 
 
 def decode_image_tf(data: Any, *, size: tuple[int, int], resize: str = "squash") -> Any:
@@ -40,37 +42,134 @@ def decode_image_tf(data: Any, *, size: tuple[int, int], resize: str = "squash")
     import tensorflow as tf
 
     th, tw = (int(v) for v in size)
+    is_jpeg = tf.io.is_jpeg(data)
+    orientation = tf.cond(is_jpeg, lambda: jpeg_orientation(data), lambda: tf.constant(1, tf.int32))
 
-    def jpeg() -> Any:
-        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
-        h, w = shape[0], shape[1]
-        mw, mh = _min_decode_size(w, h, tw, th, resize)
-        # libjpeg-turbo's choice in training: the smallest M/8 keeping (mw, mh).
-        m = tf.constant(8, tf.int64)
-        for k in range(7, 0, -1):
-            fits = tf.logical_and(-(-w * k // 8) >= mw, -(-h * k // 8) >= mh)
-            m = tf.where(fits, tf.constant(k, tf.int64), m)
-        sw, sh = -(-w * m // 8), -(-h * m // 8)
-        # TensorFlow scales by 1/1, 1/2, 1/4 or 1/8 only: the nearest at least as large...
-        branch = tf.constant(len(JPEG_RATIOS) - 1, tf.int32)
-        for i in reversed(range(len(JPEG_RATIOS) - 1)):
-            branch = tf.where(8 // JPEG_RATIOS[i] >= m, tf.constant(i, tf.int32), branch)
+    def upright(swapped: bool) -> Any:
+        # As the decoder: fit to the stored orientation (the target transposed when the
+        # picture lies on its side), then turn the small result upright.
+        w, h = (th, tw) if swapped else (tw, th)
+        pixels = tf.cond(
+            is_jpeg,
+            lambda: _decode_jpeg(data, w, h, resize),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+        )
+        fitted = _fit(tf.ensure_shape(pixels, [None, None, 3]), w, h, resize)
+        return _orient(fitted, orientation, swapped=swapped)
 
-        def decoder(ratio: int) -> Any:
-            return lambda: tf.io.decode_jpeg(
-                data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
-            )
+    swaps = tf.logical_and(orientation >= 5, orientation <= 8)
+    return tf.ensure_shape(
+        tf.cond(swaps, lambda: upright(True), lambda: upright(False)), [th, tw, 3]
+    )
 
-        pixels = tf.switch_case(branch, [decoder(r) for r in JPEG_RATIOS])
-        # ...then area-averaged down to the size libjpeg-turbo's M/8 scaling gives.
-        return _resize(pixels, sw, sh, method=SCALE_METHOD)
 
-    def other() -> Any:
-        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+def _decode_jpeg(data: Any, tw: int, th: int, resize: str) -> Any:
+    import tensorflow as tf
 
-    pixels = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-    pixels = tf.ensure_shape(pixels, [None, None, 3])
-    return tf.ensure_shape(_fit(pixels, tw, th, resize), [th, tw, 3])
+    shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+    h, w = shape[0], shape[1]
+    mw, mh = _min_decode_size(w, h, tw, th, resize)
+    # libjpeg-turbo's choice in training: the smallest M/8 keeping (mw, mh).
+    m = tf.constant(8, tf.int64)
+    for k in range(7, 0, -1):
+        fits = tf.logical_and(-(-w * k // 8) >= mw, -(-h * k // 8) >= mh)
+        m = tf.where(fits, tf.constant(k, tf.int64), m)
+    sw, sh = -(-w * m // 8), -(-h * m // 8)
+    # TensorFlow scales by 1/1, 1/2, 1/4 or 1/8 only: the nearest at least as large...
+    branch = tf.constant(len(JPEG_RATIOS) - 1, tf.int32)
+    for i in reversed(range(len(JPEG_RATIOS) - 1)):
+        branch = tf.where(8 // JPEG_RATIOS[i] >= m, tf.constant(i, tf.int32), branch)
+
+    def decoder(ratio: int) -> Any:
+        return lambda: tf.io.decode_jpeg(
+            data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
+        )
+
+    pixels = tf.switch_case(branch, [decoder(r) for r in JPEG_RATIOS])
+    # ...then area-averaged down to the size libjpeg-turbo's M/8 scaling gives.
+    return _resize(pixels, sw, sh, method=SCALE_METHOD)
+
+
+def jpeg_orientation(data: Any) -> Any:
+    """The EXIF orientation (1..8; 1 when absent or unreadable) of a JPEG, as an int32 scalar.
+
+    The decoder's walk: the leading APPn/COM segments up to the first APP1 "Exif", then the
+    TIFF header's byte order and IFD0's 0x0112 entry. Only the first 128 KiB are read.
+    """
+    import tensorflow as tf
+
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, EXIF_SCAN_BYTES), tf.uint8)
+    size = tf.size(head, out_type=tf.int64)
+    raw = tf.cast(tf.pad(head, [[0, 16]]), tf.int64)  # reads past the end see zeros
+
+    def at(pos: Any) -> Any:
+        return tf.gather(raw, tf.clip_by_value(pos, 0, size + 15))
+
+    exif = tf.constant(list(b"Exif\x00\x00"), tf.int64)
+
+    def walk(pos: Any, tiff: Any) -> tuple[Any, Any]:
+        marker = at(pos + 1)
+        is_exif = tf.logical_and(
+            tf.equal(marker, 0xE1), tf.reduce_all(at(pos + 4 + tf.range(6, dtype=tf.int64)) == exif)
+        )
+        is_app = tf.logical_or(tf.logical_and(marker >= 0xE0, marker <= 0xEF), marker == 0xFE)
+        step = 2 + at(pos + 2) * 256 + at(pos + 3)
+        stop = tf.constant(-2, tf.int64)
+        tiff = tf.where(is_exif, pos + 10, tf.where(is_app, tiff, stop))
+        return pos + step, tiff
+
+    def more(pos: Any, tiff: Any) -> Any:
+        return tf.logical_and(
+            tf.equal(tiff, -1), tf.logical_and(pos + 10 <= size, tf.equal(at(pos), 0xFF))
+        )
+
+    _, tiff = tf.while_loop(
+        more,
+        walk,
+        (tf.constant(2, tf.int64), tf.constant(-1, tf.int64)),
+        maximum_iterations=64,
+    )
+    little = tf.logical_and(tf.equal(at(tiff), 0x49), tf.equal(at(tiff + 1), 0x49))
+
+    def u16(pos: Any) -> Any:
+        return tf.where(little, at(pos) + 256 * at(pos + 1), 256 * at(pos) + at(pos + 1))
+
+    def u32(pos: Any) -> Any:
+        return tf.where(little, u16(pos) + 65536 * u16(pos + 2), 65536 * u16(pos) + u16(pos + 2))
+
+    ifd = tiff + u32(tiff + 4)
+    entries = ifd + 2 + 12 * tf.range(tf.minimum(u16(ifd), 512), dtype=tf.int64)
+    match = tf.logical_and(tf.equal(u16(entries), 0x0112), tf.equal(u16(entries + 2), 3))
+    # A sentinel last, so that an empty IFD or no 0x0112 entry reads as 1.
+    match = tf.concat([match, [True]], 0)
+    values = tf.concat([u16(entries + 8), tf.constant([1], tf.int64)], 0)
+    value = tf.gather(values, tf.argmax(tf.cast(match, tf.int32)))
+    value = tf.where(tiff >= 0, value, 1)
+    return tf.cast(tf.where(tf.logical_and(value >= 1, value <= 8), value, 1), tf.int32)
+
+
+def _orient(pixels: Any, orientation: Any, *, swapped: bool) -> Any:
+    """decode._TRANSPOSE: the EXIF orientation applied to [h, w, 3]."""
+    import tensorflow as tf
+
+    def transposed(a: Any) -> Any:
+        return tf.transpose(a, [1, 0, 2])
+
+    if swapped:  # 5..8
+        branches = [
+            lambda: transposed(pixels),  # 5 TRANSPOSE
+            lambda: tf.reverse(transposed(pixels), [1]),  # 6 ROTATE_270
+            lambda: tf.reverse(transposed(pixels), [0, 1]),  # 7 TRANSVERSE
+            lambda: transposed(tf.reverse(pixels, [1])),  # 8 ROTATE_90
+        ]
+        return tf.switch_case(tf.clip_by_value(orientation - 5, 0, 3), branches)
+    branches = [
+        lambda: pixels,  # 1 upright
+        lambda: tf.reverse(pixels, [1]),  # 2 FLIP_LEFT_RIGHT
+        lambda: tf.reverse(pixels, [0, 1]),  # 3 ROTATE_180
+        lambda: tf.reverse(pixels, [0]),  # 4 FLIP_TOP_BOTTOM
+    ]
+    return tf.switch_case(tf.clip_by_value(orientation - 1, 0, 3), branches)
 
 
 def _min_decode_size(w: Any, h: Any, tw: int, th: int, resize: str) -> tuple[Any, Any]:
