@@ -94,3 +94,15 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(six, tmp_pa
     history = metrics_of(out)["history"]
     assert len(history) == 2
     assert metrics_of(out)["kept"] == {"keep": "last", "epoch": 2}
+
+
+@pytest.mark.slow
+def test_json_logs_carry_the_step_figures(six, tmp_path):
+    result = run("--data", six, "--output", str(tmp_path / "out"), "--epochs", "1",
+                 "--log-format", "json", "--log-every", "1", *COMMON[:-3])  # fmt: skip
+    assert result.code == 0, result.log[-3000:]
+    ours = [json.loads(line) for line in result.log.splitlines() if line.startswith("{")]
+    assert ours and all({"severity", "message", "time"} <= set(entry) for entry in ours)
+    steps = [e for e in ours if "step" in e and "loss" in e]
+    assert steps and steps[0]["epoch"] == 1 and steps[0]["images_per_s"] > 0
+    assert any("val_accuracy" in e for e in ours)

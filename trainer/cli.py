@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from trainer import config as config_module
 from trainer.errors import ExitCode, TrainerError
-from trainer.logs import setup_logging
+from trainer.logs import error_line, setup_logging
 from trainer.train.hooks import Hooks
 
 logger = logging.getLogger(__name__)
@@ -86,9 +86,18 @@ def _pack(namespace: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _log_format(namespace: argparse.Namespace) -> str:
+    """--log-format or TRAINER_LOG_FORMAT, known before the configuration is validated."""
+    value = getattr(namespace, "log_format", None) or os.environ.get("TRAINER_LOG_FORMAT", "")
+    return value.strip() if value.strip() in ("text", "json") else "text"
+
+
 def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
-    setup_logging(-1 if namespace.quiet else namespace.verbose)
+    verbosity = -1 if namespace.quiet else namespace.verbose
+    setup_logging(verbosity, fmt=_log_format(namespace))
     cfg = config_module.config_from_namespace(namespace, env=os.environ)
+    if cfg.log_format != _log_format(namespace):  # set in the config file
+        setup_logging(verbosity, fmt=cfg.log_format)
     # Imported here, after validation: it pulls in TensorFlow, which takes seconds.
     from trainer.job import run
 
@@ -98,6 +107,7 @@ def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
 def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> int:
     """Run the command line; returns the process exit code. `hooks`: for tests only."""
     args = sys.argv[1:] if argv is None else list(argv)
+    fmt = "json" if os.environ.get("TRAINER_LOG_FORMAT", "").strip() == "json" else "text"
     try:
         try:
             namespace = make_parser().parse_args(args)
@@ -106,16 +116,16 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> in
         if namespace.command == "version":
             sys.stdout.write(f"streamtrain {_version()}\n")
             return ExitCode.OK
-        if namespace.command == "pack":
-            return _pack(namespace)
-        return _train(namespace, hooks)
+        if namespace.command == "train":
+            fmt = _log_format(namespace)
+        return _pack(namespace) if namespace.command == "pack" else _train(namespace, hooks)
     except TrainerError as e:
         # One line, no traceback: the message says what to fix.
         message = " ".join(str(e).split()) or type(e).__name__
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(error_line(message, fmt))
         return int(e.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        sys.stderr.write(error_line("interrupted", fmt))
         return EXIT_INTERRUPTED
     except Exception:
         logger.exception("the trainer crashed; this is a bug, please report it with this log")

@@ -34,6 +34,7 @@ from trainer.config.spec import (
     InputDtype,
     JitCompile,
     Keep,
+    LogFormat,
     LrSchedule,
     MixedPrecision,
     OnCorrupt,
@@ -128,6 +129,12 @@ class TrainConfig:
     )
     keep_checkpoints: int = _opt(
         3, help="keep the newest N checkpoints, delete older ones", group="Output", gt=0
+    )
+    log_format: LogFormat = _opt(  # noqa: RUF009
+        "text",
+        help="text lines, or json: one object per line with severity, message and the step's "
+        "figures, which GKE turns into structured Cloud Logging entries",
+        group="Output",
     )
     log_every: int = _opt(
         50,

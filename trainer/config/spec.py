@@ -73,6 +73,7 @@ LrSchedule = Literal["constant", "cosine", "step"]
 ClassWeight = Literal["none", "balanced"]
 JitCompile = Literal["auto", "on", "off"]
 Keep = Literal["best", "last"]
+LogFormat = Literal["text", "json"]
 
 # Group order in --help and in the docs.
 GROUPS = (

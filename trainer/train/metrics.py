@@ -61,16 +61,20 @@ def log_progress(
 ) -> None:
     """One line per window: the epoch's running loss and accuracy, the window's throughput."""
     rate, wait = meter.read()
+    loss, accuracy = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
+    fields = {"epoch": epoch + 1, "step": index, "steps": steps, "loss": loss}
+    fields |= {"accuracy": accuracy, "images_per_s": rate, "data_wait_fraction": wait}
     logger.info(
         "epoch %d/%d step %d/%d loss %.4f accuracy %.4f images/s %.1f data-wait %.0f%%",
         epoch + 1,
         epochs,
         index,
         steps,
-        totals[0] / max(totals[2], 1),
-        totals[1] / max(totals[2], 1),
+        loss,
+        accuracy,
         rate,
         100 * wait,
+        extra={"fields": fields},
     )
 
 
@@ -129,6 +133,9 @@ def log_epoch(record: dict[str, Any], *, epochs: int) -> None:
         record["accuracy"],
         val,
         record["images_per_s"],
+        extra={
+            "fields": {"epoch": record["epoch"], **{k: record[k] for k in SCALARS if k in record}}
+        },
     )
 
 
