@@ -681,3 +681,20 @@ def test_launcher_dry_run_validates_strictly(tmp_path, overlay):
     for version in versions:
         validate_strict(path, version)
     assert validate_jobsets(path, tmp_path, versions) == (overlay == "jobset")
+
+
+@pytest.mark.parametrize("overlay", ["gke", "multi-worker", "jobset"])
+def test_every_overlay_logs_json_lines_the_trainer_accepts(rendered, overlay):
+    from trainer.config import build_config
+
+    docs = docs_of(rendered[overlay].read_text())
+    jobs = by_kind(docs, "Job") or [
+        rj["template"] for js in by_kind(docs, "JobSet") for rj in js["spec"]["replicatedJobs"]
+    ]
+    (container,) = jobs[0]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRAINER_LOG_FORMAT"] == "json"
+    cfg = build_config(
+        ["--data", "/tmp", "--output", "/tmp/out"], env={"TRAINER_LOG_FORMAT": "json"}
+    )
+    assert cfg.log_format == "json"
