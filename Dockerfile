@@ -3,6 +3,7 @@
 #   docker build -t streamtrain:dev .                              # GPU (CUDA from pip wheels)
 #   docker build --build-arg TF_VARIANT=cpu -t streamtrain:cpu .   # CPU only
 #   docker run --rm streamtrain:dev --help
+# Without a Docker engine or registry: `make image` (scripts/image/build.sh, buildah).
 # Base: python slim + tensorflow[and-cuda]. The official tensorflow/tensorflow:*-gpu image
 # installs the same NVIDIA pip wheels on a full Ubuntu with more tooling, so it is larger
 # for the same CUDA bits; the NVIDIA driver itself comes from the node (GKE device plugin).
@@ -10,8 +11,11 @@
 FROM python:3.11.14-slim-bookworm AS base
 
 FROM base AS build
-# gpu: tensorflow[and-cuda]; cpu: tensorflow-cpu (also what the Dockerfile test installs).
+# gpu: tensorflow[and-cuda]; cpu: tensorflow-cpu (`make image`, tested by tests/test_image.py).
 ARG TF_VARIANT=gpu
+# Unset unless given: a CA bundle for pip behind a TLS-intercepting proxy. Build-stage only, so
+# it never reaches the runtime image; scripts/image/build.sh mounts the host's bundle there.
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python -m venv /opt/venv
