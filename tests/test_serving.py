@@ -107,6 +107,21 @@ def test_the_graph_turns_jpegs_upright_by_their_exif_orientation():
         assert errors[orientation] < 6, (endian, orientation, errors)
 
 
+def test_the_graph_refuses_images_over_the_pixel_limit_before_decoding(monkeypatch):
+    import tensorflow as tf
+
+    from trainer.export import signatures
+
+    monkeypatch.setattr(signatures, "MAX_PIXELS", 4000)
+    decode = tf.function(lambda b: signatures.decode_image_tf(b, size=(16, 16)))
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        small = Image.new("RGB", (100, 20), (10, 200, 30))  # 2,000 pixels
+        assert decode(tf.constant(_encoded(small, fmt))).numpy()[8, 8].tolist() == [10, 200, 30]
+        big = Image.new("RGB", (50, 90), (10, 200, 30))  # 4,500 pixels
+        with pytest.raises(tf.errors.InvalidArgumentError, match="over 4000 pixels"):
+            decode(tf.constant(_encoded(big, fmt)))
+
+
 def test_the_float32_clone_leaves_the_global_policy_alone():
     import keras
 

@@ -4,14 +4,14 @@
                               resize="squash", input_dtype="uint8")
     archive.write_out("/tmp/saved_model/1764640000")
 
-`serving_default` takes `image_bytes` (tf.string [None], JPEG, PNG, GIF or BMP) and decodes
+`serving_default` takes `image_bytes` (tf.string [None]: JPEG, PNG, GIF, BMP, WebP) and decodes
 inside the graph the way `trainer.data.decode.decode_image` does in training:
 
-- JPEG is decoded DCT-scaled (`tf.io.decode_jpeg(ratio=)`, accurate integer IDCT as
-  simplejpeg's default) to the smallest of 1/1, 1/2, 1/4, 1/8 that keeps the side(s) the resize
-  mode needs at least the target. libjpeg-turbo in training may also pick 3/8, 5/8, 3/4, 7/8, so
-  the decoded image can be up to 2x larger here before the resize: the pixels differ by a few
-  levels, not the picture.
+- JPEG is decoded DCT-scaled to the size libjpeg-turbo picks in training (the smallest M/8
+  that keeps what the resize mode needs). `tf.io.decode_jpeg(ratio=)` (accurate integer IDCT,
+  as simplejpeg's default) scales by 1/1, 1/2, 1/4, 1/8 only, so for 3/8, 5/8, 3/4, 7/8 the
+  graph decodes at the next power of two up and area-averages down to the same size: the
+  pixels differ by a few levels, not the picture, and the crop and pad boxes are the same.
 - The resize is the decoder's: area averaging when an axis shrinks 2x or more (OpenCV's
   INTER_AREA), bilinear with half-pixel centres otherwise (INTER_LINEAR), rounded to uint8.
 - `resize` squash / crop / pad with the decoder's arithmetic (the same rounding of the crop box
@@ -20,7 +20,8 @@ inside the graph the way `trainer.data.decode.decode_image` does in training:
   `convert("RGB")`; 16-bit PNG is cut to 8 bits by libpng (the decoder rounds: at most 1 level).
 - A JPEG's EXIF orientation is read from its bytes in the graph (TensorFlow's decoder ignores
   it) and applied after the resize, as the decoder does.
-- Not done here: a PNG's eXIf orientation, CMYK JPEG, and the decoder's pixel limit.
+- The decoder's pixel limit (a decompression bomb fails the request before decoding).
+- Not done here: a PNG's eXIf orientation; TIFF; WebP's size is not checked before decoding.
 
 `serving_pixels` takes `pixels` (uint8 [None, H, W, 3]) already decoded and resized. Both
 return `scores` (float32 [None, classes], the softmax of the logits) and `label` (tf.string
@@ -34,6 +35,7 @@ from typing import Any
 
 JPEG_RATIOS = (8, 4, 2, 1)  # tried from the smallest decode up
 SCALE_METHOD = "area"  # M/8 DCT scaling, approximated from the next power of two
+MAX_PIXELS = 89_478_485  # trainer.data.decode's default limit
 EXIF_SCAN_BYTES = 1 << 17  # the EXIF block is in the first APP1 segment, at most 64 KiB long
 
 
@@ -52,7 +54,7 @@ def decode_image_tf(data: Any, *, size: tuple[int, int], resize: str = "squash")
         pixels = tf.cond(
             is_jpeg,
             lambda: _decode_jpeg(data, w, h, resize),
-            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+            lambda: _decode_other(data),
         )
         fitted = _fit(tf.ensure_shape(pixels, [None, None, 3]), w, h, resize)
         return _orient(fitted, orientation, swapped=swapped)
@@ -68,6 +70,7 @@ def _decode_jpeg(data: Any, tw: int, th: int, resize: str) -> Any:
 
     shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
     h, w = shape[0], shape[1]
+    check = _pixel_limit(w, h)
     mw, mh = _min_decode_size(w, h, tw, th, resize)
     # libjpeg-turbo's choice in training: the smallest M/8 keeping (mw, mh).
     m = tf.constant(8, tf.int64)
@@ -85,9 +88,58 @@ def _decode_jpeg(data: Any, tw: int, th: int, resize: str) -> Any:
             data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE"
         )
 
-    pixels = tf.switch_case(branch, [decoder(r) for r in JPEG_RATIOS])
+    with tf.control_dependencies([check]):
+        pixels = tf.switch_case(branch, [decoder(r) for r in JPEG_RATIOS])
     # ...then area-averaged down to the size libjpeg-turbo's M/8 scaling gives.
     return _resize(pixels, sw, sh, method=SCALE_METHOD)
+
+
+def _decode_other(data: Any) -> Any:
+    """PNG, GIF, BMP (the size from the header checked against the pixel limit first), WebP."""
+    import tensorflow as tf
+
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, 32), tf.uint8), tf.int64)
+    raw = tf.pad(raw, [[0, 32 - tf.size(raw)]])
+
+    def number(start: int, length: int, *, big: bool) -> Any:
+        places = [256**i for i in range(length)]
+        weights = tf.constant(places[::-1] if big else places, tf.int64)
+        return tf.reduce_sum(raw[start : start + length] * weights)
+
+    def starts(magic: bytes) -> Any:
+        return tf.reduce_all(raw[: len(magic)] == tf.constant(list(magic), tf.int64))
+
+    png, gif, bmp = starts(b"\x89PNG\r\n\x1a\n"), starts(b"GIF8"), starts(b"BM")
+    bmp_h = number(22, 4, big=False)
+    w = tf.where(
+        png,
+        number(16, 4, big=True),
+        tf.where(gif, number(6, 2, big=False), tf.where(bmp, number(18, 4, big=False), 0)),
+    )
+    h = tf.where(
+        png,
+        number(20, 4, big=True),
+        # BMP heights are signed: negative for a top-down bitmap.
+        tf.where(
+            gif,
+            number(8, 2, big=False),
+            tf.where(bmp, tf.abs(tf.where(bmp_h >= 2**31, bmp_h - 2**32, bmp_h)), 0),
+        ),
+    )
+    with tf.control_dependencies([_pixel_limit(w, h)]):
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+def _pixel_limit(w: Any, h: Any) -> Any:
+    """The decoder's decompression-bomb limit, before any pixel is decoded."""
+    import tensorflow as tf
+
+    return tf.debugging.assert_less_equal(
+        w * h,
+        tf.constant(MAX_PIXELS, tf.int64),
+        message=f"image_bytes: an image over {MAX_PIXELS} pixels (a decompression bomb?); "
+        "send it smaller",
+    )
 
 
 def jpeg_orientation(data: Any) -> Any:
