@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CHECKOV_VENV := .tools/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install tools test lint format bench demo reliability clean
+.PHONY: install tools test lint format bench demo reliability clean image image-gpu image-test
 
 install: $(STAMP)
 
@@ -25,8 +25,21 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov>=3.2,<4'
 	touch $@
 
-test: install tools lint
+test: install tools lint image
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m "not full"
+
+# The trainer image with buildah (scripts/image/build.sh): installs buildah, podman, runc and
+# mmdebstrap when missing, builds a stand-in for the base image where no registry is reachable,
+# and does nothing when the tree the image was built from has not changed.
+image:
+	scripts/image/build.sh cpu
+
+image-gpu:
+	scripts/image/build.sh gpu
+
+# The CPU image run with podman as the Job runs it (tests/test_image.py, also part of `make test`).
+image-test: install image
+	$(BIN)/pytest -q -s tests/test_image.py
 
 # The whole reliability suite, fast and full parts; rewrites docs/reliability.md from its rows.
 reliability: install tools
