@@ -20,6 +20,10 @@ NAMES = {
     "image_sequence_local",
     "image_sequence_gcs_latency",
     "decode_limit",
+    "tf_data_tfrecord",
+    "packed_local",
+    "packed_local_1decoder",
+    "packed_gcs_latency",
 }
 
 
@@ -63,10 +67,18 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     assert delivered["image_sequence_local"] == 40
     assert delivered["image_sequence_gcs_latency"] == 40
     assert delivered["decode_limit"] == 40
+    for name in ("tf_data_tfrecord", "packed_local", "packed_local_1decoder"):
+        assert delivered[name] == 40, name
+    packed_gcs = next(r for r in doc["results"] if r["name"] == "packed_gcs_latency")
+    assert packed_gcs["images"] == 40
+    # One small shard: its metadata and one ranged GET in epoch 1, nothing in epoch 2.
+    assert 1 <= packed_gcs["gcs_requests_epoch1"] <= 4
+    assert packed_gcs["gcs_requests_epoch2"] == 0
+    assert doc["workload"]["latency_method"].startswith("proxy")
     # The largest of the benchmark processes: the configurations' and the parent's own (which
     # generates the workload, and may be the largest).
     assert doc["peak_rss_mb"] >= max(r["peak_rss_mb"] for r in doc["results"])
-    assert len(doc["targets"]) == 4
+    assert len(doc["targets"]) == 5
     # The workload is cached: the images and the seeded emulator data dir stay for next time.
     root = tmp_path / "cache" / "images-40_side-320-2048_q90_seed0"
     assert (root / ".complete").exists() and (root / "gcs" / ".seeded").exists()
@@ -84,19 +96,22 @@ def test_prepare_images_generates_once(tmp_path: Path) -> None:
 
 def test_targets_use_the_issue_thresholds() -> None:
     results = [
-        {"name": "seed_sequence", "images_per_s": 10.0},
         {"name": "tf_data", "images_per_s": 100.0},
+        {"name": "tf_data_tfrecord", "images_per_s": 600.0},
         {"name": "image_sequence_local", "images_per_s": 120.0},
         {"name": "decode_limit", "images_per_s": 125.0},
+        {"name": "packed_local", "images_per_s": 550.0},
+        {"name": "packed_local_1decoder", "images_per_s": 300.0},
+        {"name": "packed_gcs_latency", "images_per_s": 500.0},
     ]
-    mixed = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=True)}
-    assert mixed == {
-        "image_sequence_local >= 1.5 x tf_data": False,
-        "image_sequence_local >= 0.9 x decode_limit": True,
-        "image_sequence_local >= 4 x seed_sequence": True,
+    got = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=True)}
+    assert got == {
+        "packed_local >= 5 x tf_data": True,
+        "packed_local >= 1 x tf_data_tfrecord": False,
+        "packed_gcs_latency >= 0.9 x packed_local": True,
+        "image_sequence_local >= 0.95 x decode_limit": True,
+        "packed_local >= 1.8 x packed_local_1decoder": True,
     }
-    fixed = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=False)}
-    assert fixed["image_sequence_local >= 1 x tf_data"] is True
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from google.api_core import exceptions as api_exceptions
 
 from trainer.data.counters import Counters
 from trainer.data.gcs import (
+    EMULATOR_ENV,
     GCS_SCHEME,
     GcsConnection,
     is_gcs,
@@ -321,6 +322,10 @@ class Storage:
             lambda: blob.reload(retry=self._gcs.retry, timeout=self._gcs.timeout),
             permission,
         )
+        if os.environ.get(EMULATOR_ENV):
+            # The library downloads from the object's mediaLink, which an emulator fills with
+            # the address it was *uploaded* through; real GCS names its own endpoint there.
+            blob._properties.pop("mediaLink", None)
 
         def sliced() -> None:
             transfer_manager.download_chunks_concurrently(

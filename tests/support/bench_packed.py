@@ -1,0 +1,313 @@
+"""The packed configurations of the input benchmark (see support.bench), run the same way.
+
+packed_local          PackedSequence over the workload packed once at --max-side 448
+                      (tar shards of 16 MB on local disk), default settings
+packed_local_1decoder the same with one decoding thread: the scaling figure for 2 decoders
+tf_data_tfrecord      the same pre-sized JPEG bytes in one TFRecord file per shard, read
+                      with interleave(TFRecordDataset) + map(decode_jpeg, resize), AUTOTUNE
+packed_gcs_latency    PackedSequence over gs://bench/packed: the latency proxy in front of
+                      the emulators; epoch 1 (shards downloaded, timed) and epoch 2 (from the
+                      shard cache) with the GCS requests each made, counted by the proxy
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MAX_SIDE = 448
+SHARD_MB = 16
+WARMUP = 64
+
+
+def packed_dir(root: Path) -> Path:
+    """Pack the workload once (trainer pack is idempotent: a complete pack returns at once)."""
+    from trainer.data.storage import Storage
+    from trainer.pack.writer import PackConfig, pack
+
+    out = root / f"packed-{MAX_SIDE}"
+    if not (out / "_SUCCESS").exists():
+        logger.info("packing %s at --max-side %d (once; reused later)", root / "images", MAX_SIDE)
+        started = time.perf_counter()
+        cfg = PackConfig(
+            source=str((root / "images").resolve()),
+            output=str(out.resolve()),
+            shard_size_mb=SHARD_MB,
+            max_side=MAX_SIDE,
+        )
+        pack(cfg, Storage())
+        logger.info("packed in %.0f s", time.perf_counter() - started)
+    return out
+
+
+def tfrecord_dir(root: Path) -> Path:
+    """The packed samples' bytes as TFRecords (one file per shard), made once."""
+    import tensorflow as tf
+
+    from trainer.data.storage import Storage
+    from trainer.pack.format import open_packed
+
+    out = root / f"tfrecord-{MAX_SIDE}"
+    if (out / ".complete").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    packed = open_packed(str(packed_dir(root).resolve()), Storage())
+    for shard, members in enumerate(packed.shard_members()):
+        data = (Path(packed.root) / packed.shards[shard]).read_bytes()
+        with tf.io.TFRecordWriter(str(out / f"part-{shard:05d}.tfrecord")) as writer:
+            for p in members:
+                payload = data[packed.offset[p] : packed.offset[p] + packed.size[p]]
+                feature = {
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[payload])),
+                    "label": tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=[int(packed.labels[p])])
+                    ),
+                }
+                example = tf.train.Example(features=tf.train.Features(feature=feature))
+                writer.write(example.SerializeToString())
+    (out / ".complete").write_text("complete\n")
+    return out
+
+
+def _iterate(seq: Any, epoch: int = 0) -> int:
+    n = 0
+    for i in range(len(seq)):
+        _, y = seq.get_batch(epoch=epoch, index=i)
+        n += len(y)
+    return n
+
+
+def _sequence(packed: Any, positions: Any, cache_dir: str, **options: Any) -> Any:
+    from support.bench import BATCH_SIZE, TARGET_SIZE
+    from trainer.data.counters import Counters
+    from trainer.data.storage import Storage
+    from trainer.pack.sequence import PackedSequence, PackedSplit
+    from trainer.pack.shards import ShardCache
+
+    counters = Counters()
+    storage = Storage(counters=counters)
+    cache = ShardCache(cache_dir, max_bytes=8 << 30, storage=storage, counters=counters)
+    split = PackedSplit.of(packed, positions, cache)
+    return PackedSequence(
+        split,
+        batch_size=BATCH_SIZE,
+        image_size=TARGET_SIZE,
+        storage=storage,
+        counters=counters,
+        **options,
+    )
+
+
+def run_packed_local(root: Path, *, decode_threads: int | None = None) -> dict[str, Any]:
+    import numpy as np
+
+    from trainer.data.storage import Storage
+    from trainer.pack.format import open_packed
+
+    packed = open_packed(str(packed_dir(root).resolve()), Storage())
+    with tempfile.TemporaryDirectory() as cache_dir:
+        warm = _sequence(packed, np.arange(min(WARMUP, len(packed))), cache_dir)
+        _iterate(warm)
+        warm.close()
+        seq = _sequence(packed, np.arange(len(packed)), cache_dir, decode_threads=decode_threads)
+        cpu, started = time.process_time(), time.perf_counter()
+        n = _iterate(seq)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        seq.close()
+    return {
+        "images": n,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "pipeline_cores_busy": round(cpu / seconds, 2),
+        "dtype": seq.dtype,
+        "decode_threads": decode_threads or os.cpu_count(),
+        "packed": f"--max-side {MAX_SIDE}, {len(packed.shards)} shards of ~{SHARD_MB} MB",
+        "counters": {k: round(v, 3) for k, v in seq.counters.snapshot().items() if v},
+    }
+
+
+def run_tf_data_tfrecord(root: Path) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from support.bench import BATCH_SIZE, TARGET_SIZE
+
+    files = sorted(str(p) for p in tfrecord_dir(root).glob("*.tfrecord"))
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def decode(record: Any) -> Any:
+        ex = tf.io.parse_single_example(record, spec)
+        image = tf.io.decode_jpeg(ex["image"], channels=3)
+        return tf.image.resize(image, TARGET_SIZE), ex["label"]
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices(files)
+        .shuffle(len(files))
+        .interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=4,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=False,
+        )
+        .shuffle(1024)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH_SIZE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    for _ in ds.take(WARMUP // BATCH_SIZE):
+        pass
+    cpu, started = time.process_time(), time.perf_counter()
+    n = 0
+    for _, y in ds:
+        n += int(y.shape[0])
+    return {
+        "images": n,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+        "dtype": "float32",
+        "files": len(files),
+    }
+
+
+def seed_packed_gcs(root: Path) -> Path:
+    """The packed folder uploaded once into an emulator data dir of its own."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    from support.bench import BUCKET
+    from trainer.data.storage import Storage
+    from trainer.dev.emulator import EMULATOR_ENV, Emulator
+
+    data_dir = root / f"gcs-packed-{MAX_SIDE}"
+    if (data_dir / ".seeded").exists():
+        return data_dir
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    source = packed_dir(root)
+    saved = os.environ.get(EMULATOR_ENV)
+    with Emulator(data_dir=str(data_dir.resolve())) as emulator:
+        admin = gcs.Client(
+            project="bench",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": emulator.url},
+        )
+        admin.create_bucket(BUCKET)
+        admin.close()
+        os.environ[EMULATOR_ENV] = emulator.url
+        try:
+            with Storage(concurrency=2) as storage:
+                storage.upload_dir(str(source), f"gs://{BUCKET}/packed")
+        finally:
+            if saved is None:
+                os.environ.pop(EMULATOR_ENV, None)
+            else:
+                os.environ[EMULATOR_ENV] = saved
+    (data_dir / ".seeded").write_text("seeded\n")
+    return data_dir
+
+
+def _proxy_requests(proxy_pid: int, stats_file: Path) -> int:
+    """The proxy's request count so far: SIGUSR1 makes it write its stats (support.bench)."""
+    stats_file.unlink(missing_ok=True)
+    os.kill(proxy_pid, signal.SIGUSR1)
+    for _ in range(100):  # bounded: 10 s
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            return int(json.loads(stats_file.read_text())["requests"])
+        time.sleep(0.1)
+    raise RuntimeError("the latency proxy did not report its stats")
+
+
+def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from support.bench import BUCKET, _cpu_seconds, gcs_servers
+    from trainer.data.storage import Storage
+    from trainer.dev.emulator import EMULATOR_ENV
+    from trainer.pack.format import open_packed
+
+    local = open_packed(str(packed_dir(root).resolve()), Storage())
+    data_dir = seed_packed_gcs(root)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        gcs_servers(data_dir, workload=workload, stats_file=Path(tmp) / "stats.json") as (
+            url,
+            pids,
+        ),
+    ):
+        stats = Path(tmp) / "stats.json"
+        warm = _sequence(local, np.arange(min(WARMUP, len(local))), os.path.join(tmp, "w"))
+        _iterate(warm)  # decoders and imports warm, from local shards
+        warm.close()
+        os.environ[EMULATOR_ENV] = url
+        packed = open_packed(f"gs://{BUCKET}/packed", Storage())
+        seq = _sequence(packed, np.arange(len(packed)), os.path.join(tmp, "cache"))
+        before = _proxy_requests(pids[0], stats)
+        server_cpu, cpu, started = _cpu_seconds(pids), time.process_time(), time.perf_counter()
+        n = _iterate(seq, epoch=0)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        server_cpu = _cpu_seconds(pids) - server_cpu
+        epoch1 = _proxy_requests(pids[0], stats) - before
+        started2 = time.perf_counter()
+        n2 = _iterate(seq, epoch=1)
+        seconds2 = time.perf_counter() - started2
+        epoch2 = _proxy_requests(pids[0], stats) - before - epoch1
+        seq.close()
+        seq.shard_cache.close()
+    return {
+        "images": n,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "pipeline_cores_busy": round(cpu / seconds, 2),
+        "server_cores_busy": round(server_cpu / seconds, 2),
+        "dtype": seq.dtype,
+        "gcs_requests_epoch1": epoch1,
+        "gcs_requests_epoch2": epoch2,
+        "requests_per_image_epoch1": round(epoch1 / n, 4),
+        "requests_per_image_epoch2": round(epoch2 / n2, 4),
+        "epoch2_images_per_s": round(n2 / seconds2, 1),
+        "counters": {k: round(v, 3) for k, v in seq.counters.snapshot().items() if v},
+    }
+
+
+def netem_probe() -> str:
+    """Why kernel netem cannot add the latency here ("" when it could), from a real attempt.
+
+    Creates a network namespace and a veth pair with unique names, tries a netem qdisc on the
+    host end, and removes both whatever happens.
+    """
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
+        return "needs root and iproute2"
+    name = f"stbench{os.getpid()}"
+    host, peer = f"vst{os.getpid() % 100000}a", f"vst{os.getpid() % 100000}b"
+    steps = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host, "type", "veth", "peer", "name", peer],
+        ["ip", "link", "set", peer, "netns", name],
+        ["tc", "qdisc", "add", "dev", host, "root", "netem", "delay", "50ms"],
+    ]
+    reason = ""
+    try:
+        for step in steps:
+            proc = subprocess.run(step, capture_output=True, text=True, timeout=10, check=False)
+            if proc.returncode != 0:
+                reason = f"`{' '.join(step[:3])} ...`: {proc.stderr.strip() or proc.returncode}"
+                break
+    finally:
+        subprocess.run(["ip", "link", "del", host], capture_output=True, timeout=10, check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10, check=False)
+    return reason
