@@ -8,10 +8,9 @@ Workers own disjoint shards (every N-th of a seeded permutation, the same in eve
 their shard caches hit from epoch 2 on). Each epoch a worker permutes its shards, cuts them into
 blocks of `block_shards`, and shuffles the samples inside each block (the idea of MosaicML
 Streaming's py1e): a worker reads a few whole shards at a time, sequentially, and its order is
-still shuffled across shards. Steps and batch sizes are equal on every worker as in
-`trainer.data.sampling.BatchPlan` (`pad` repeats the first samples of the epoch, `drop` leaves
-out the last); a worker with fewer samples pads even under `drop` is never needed, since `drop`
-uses the smallest worker's count.
+still shuffled across shards. Steps and batch sizes are equal on every worker, as in
+`trainer.data.sampling.BatchPlan`: `pad` sizes every worker's epoch to the largest worker's
+sample count (repeating the first samples of the epoch), `drop` to the smallest's.
 """
 
 from __future__ import annotations
