@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -261,3 +262,12 @@ def test_corrupt_and_crc_mismatched_samples_skip_or_fail(
         for i in range(len(strict)):
             strict[i]
     strict.close()
+
+
+def test_only_our_index_makes_a_folder_packed(folder, tmp_path):
+    shutil.copytree(folder, tmp_path / "d")
+    assert open_packed(str(tmp_path / "d"), Storage()) is None  # no index.json: one failed read
+    (tmp_path / "d" / "index.json").write_text('{"images": []}')
+    assert open_packed(str(tmp_path / "d"), Storage()) is None  # someone else's index.json
+    pack(PackConfig(source=str(folder), output=str(tmp_path / "p")), Storage())
+    assert len(open_packed(str(tmp_path / "p"), Storage())) == 36

@@ -130,4 +130,6 @@ def open_packed(uri: str, storage: Storage) -> PackedIndex | None:
         text = storage.read(join(root, INDEX_NAME))
     except StorageNotFoundError:
         return None
+    if f'"format":"{FORMAT}"' not in text[:64].decode(errors="replace"):
+        return None  # some other index.json beside class folders: not a packed dataset
     return PackedIndex.from_json(root, text.decode())
