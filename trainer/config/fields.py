@@ -370,14 +370,16 @@ class TrainConfig:
     )
     cache_dir: str | None = _opt(
         None,
-        help="local directory for the on-disk cache of fetched images",
+        help="local directory for the on-disk cache of fetched images, or of downloaded "
+        "shards for a packed --data",
         group="Input pipeline",
         default_text="TMPDIR/streamtrain-cache when --cache-size-mb > 0",
         metavar="DIR",
     )
     cache_size_mb: int = _opt(
         0,
-        help="size limit of the image cache in MiB; 0 disables the cache",
+        help="size limit of the image cache in MiB; 0 disables it (a packed --data still "
+        "caches its shards, up to 20 GiB)",
         group="Input pipeline",
         ge=0,
         metavar="MB",
