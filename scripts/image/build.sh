@@ -7,8 +7,9 @@
 #
 # The Dockerfile's FROM image must be in podman's storage already (podman pull it where a
 # registry is reachable). When it is not, base.sh builds a stand-in under the same name from
-# Debian's packages. The image is labelled with a digest of what the build reads, so an
-# unchanged tree does not run buildah at all; otherwise its layer cache rebuilds what changed.
+# Debian's packages. A stamp under .cache/image/ records a digest of what the build read and
+# the image it made, so an unchanged tree does not run buildah at all; otherwise its layer
+# cache rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,11 +38,13 @@ context_digest() {
     } | sha256sum | cut -d' ' -f1
 }
 digest=$(context_digest)
-label=io.streamtrain.context
-built=$(podman image inspect --format "{{index .Config.Labels \"$label\"}}" "$tag" 2>/dev/null ||
-    true)
-if [[ $built == "$digest" && ${STREAMTRAIN_REBUILD:-0} != 1 ]]; then
-    echo "build: $tag is up to date (context ${digest:0:12})" >&2
+# Not an image label: buildah puts --label on every stage it commits, the empty base stage
+# included, and a new base-stage ID would void the whole layer cache.
+stamp=.cache/image/${tag//[^A-Za-z0-9._-]/_}.stamp
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+if [[ -n $previous && -f $stamp && $(<"$stamp") == "$digest $previous" &&
+    ${STREAMTRAIN_REBUILD:-0} != 1 ]]; then
+    echo "build: $tag is up to date (${previous:0:12}, context ${digest:0:12})" >&2
     exit 0
 fi
 
@@ -55,16 +58,25 @@ if [[ -n $ca ]]; then
         --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
 
-previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+# buildah 1.28 leaves a working container behind for a stage with no instructions (the base
+# stage here), each holding a copy of the base's root: remove those this build adds.
+before=$(buildah containers --quiet --notruncate | sort)
+cleanup() {
+    comm -13 <(echo "$before") <(buildah containers --quiet --notruncate | sort) |
+        xargs --no-run-if-empty buildah rm >/dev/null
+}
+trap cleanup EXIT
 started=$SECONDS
 # chroot isolation: no user namespaces or nested runtime needed. docker format keeps
 # HEALTHCHECK NONE, which the OCI format drops.
 buildah bud --isolation chroot --pull-never --layers --format docker \
-    "${args[@]}" --label "$label=$digest" --tag "$tag" --file Dockerfile .
+    "${args[@]}" --tag "$tag" --file Dockerfile .
 current=$(podman image inspect --format '{{.Id}}' "$tag")
 # The image this tag had before keeps its own copy of the venv layer: drop it.
 if [[ -n $previous && $previous != "$current" ]]; then
     podman rmi "$previous" >/dev/null 2>&1 || true
 fi
+mkdir -p "$(dirname "$stamp")"
+echo "$digest $current" >"$stamp"
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 echo "build: $tag ${current:0:12} $((size / 1000000)) MB in $((SECONDS - started)) s" >&2
