@@ -160,6 +160,17 @@ def names() -> Iterator[list[str]]:
         podman("rm", "--force", "--ignore", name)
 
 
+def messages(stderr: str) -> str:
+    """The trainer's log messages, one a line: run.sh asks for JSON lines as the Job does."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):  # TensorFlow's own C++ logging is not JSON
+            record = json.loads(line)
+            assert {"severity", "message"} <= record.keys(), line
+            found.append(record["message"])
+    return "\n".join(found)
+
+
 def objects(bucket: Any, prefix: str) -> set[str]:
     return {b.name.removeprefix(prefix) for b in bucket.list_blobs(prefix=prefix)}
 
@@ -254,8 +265,8 @@ def test_trains_from_gcs_with_a_read_only_root_and_writes_every_output(
         check=False,
     )
     seconds = time.monotonic() - started
-    log = proc.stderr
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = messages(proc.stderr)
     assert "replicas 2" in log and "per replica 8" in log
     names_found = objects(bucket, "run/")
     for expected in ("model.keras", "labels.txt", "metrics.json", "BLESSED", "_SUCCESS"):
@@ -326,7 +337,7 @@ def test_sigterm_exits_143_and_a_second_container_resumes_from_the_checkpoint(
         if first.poll() is None:
             first.kill()
     stopped_after = time.monotonic() - started
-    log = "".join(lines)
+    log = messages("".join(lines))
     assert stop is not None, "training never reached step 10:\n" + log[-4000:]
     assert stop.wait(timeout=60) == 0, stop.stderr.read() if stop.stderr else ""
     assert code == 143, log[-4000:]
@@ -347,10 +358,8 @@ def test_sigterm_exits_143_and_a_second_container_resumes_from_the_checkpoint(
     )
     resumed_seconds = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-4000:]
-    assert (
-        f"resumed from checkpoint at step {stopped_at}: epoch 1, batch {stopped_at}"
-        in second.stderr
-    ), second.stderr[-4000:]
+    resumed = f"resumed from checkpoint at step {stopped_at}: epoch 1, batch {stopped_at}"
+    assert resumed in messages(second.stderr), second.stderr[-4000:]
     after = objects(bucket, "preempted/")
     for expected in ("model.keras", "metrics.json", "_SUCCESS"):
         assert expected in after, expected

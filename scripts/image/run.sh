@@ -26,6 +26,7 @@ flags=(
     --env "TRAINER_CACHE_SIZE_MB=$cache_mb"
     --env HOME=/tmp
     --env KERAS_HOME=/tmp/keras
+    --env TRAINER_LOG_FORMAT="${TRAINER_LOG_FORMAT:-json}"
     # The Job has no probes.
     --no-healthcheck
     # This sandbox forbids raising rlimits: ask for what it already grants.
