@@ -94,9 +94,10 @@ def _log_format(namespace: argparse.Namespace) -> str:
 
 def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
     verbosity = -1 if namespace.quiet else namespace.verbose
-    setup_logging(verbosity, fmt=_log_format(namespace))
+    fmt = _log_format(namespace)
+    setup_logging(verbosity, fmt=fmt)
     cfg = config_module.config_from_namespace(namespace, env=os.environ)
-    if cfg.log_format != _log_format(namespace):  # set in the config file
+    if cfg.log_format != fmt:  # set in the config file
         setup_logging(verbosity, fmt=cfg.log_format)
     # Imported here, after validation: it pulls in TensorFlow, which takes seconds.
     from trainer.job import run

@@ -69,7 +69,7 @@ def build_trainable(
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
     policy = resolve_policy(config.mixed_precision, setup)
-    keras.mixed_precision.set_dtype_policy(policy if policy != "float32" else "float32")
+    keras.mixed_precision.set_dtype_policy(policy)
     rate = learning_rate(config.learning_rate, replicas=setup.replicas, scale_lr=config.scale_lr)
     warmup = warmup_epochs(
         config.warmup_epochs,

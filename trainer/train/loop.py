@@ -120,10 +120,10 @@ class TrainLoop:
             writer=cluster.is_chief,
             before_commit=lambda: self.hooks.reached("checkpoint_write"),
         )
-        step, history, totals, self.trace = resume(
-            checkpointer, self.trainable, plan=self.plan_key(), steps_per_epoch=self.steps_per_epoch
-        )
         plan = self.plan_key()
+        step, history, totals, self.trace = resume(
+            checkpointer, self.trainable, plan=plan, steps_per_epoch=self.steps_per_epoch
+        )
         steps_fn = self.compile_for(step // self.steps_per_epoch)
         board = None
         if cluster.is_chief:

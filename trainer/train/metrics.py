@@ -200,11 +200,6 @@ class Gate:
         return {"min_val_accuracy": self.min_val_accuracy, "val_accuracy": self.val_accuracy}
 
 
-def final_validation(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last epoch's `val_*` figures."""
-    return {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}
-
-
 def weights_digest(model: Any) -> str:
     """sha256 over every weight: replicas and workers that stayed in sync agree on it."""
     digest = hashlib.sha256()
