@@ -18,6 +18,7 @@ from PIL import Image
 
 from trainer.data.counters import Counters
 from trainer.data.decode import decode_image
+from trainer.data.decode_pool import DecodePool
 from trainer.data.storage import Storage
 from trainer.dev.synthetic import write_learnable_dataset
 from trainer.errors import DataError
@@ -183,14 +184,26 @@ def _epoch(seq, table, epoch):
     return got
 
 
+@pytest.fixture(params=[0, 2], ids=["threads", "2-processes"])
+def decoders(request):
+    """None (decode on threads) or a DecodePool of 2 processes reading the shards themselves."""
+    if not request.param:
+        yield None
+        return
+    with DecodePool(request.param, size=SIZE, rows=3) as pool:
+        yield pool
+
+
 def test_each_sample_once_per_epoch_in_blocks_resumable_and_cached(
-    packed_gcs, tmp_path, fault_proxy
+    packed_gcs, tmp_path, fault_proxy, decoders
 ):
     packed = open_packed(packed_gcs, Storage())
     table = _table(packed, Storage())
     proxy = fault_proxy(set_env=True)  # counts the requests the sequence makes
     counters = Counters()
-    seq = _sequence(packed, tmp_path, counters=counters, remainder="drop", batch_size=6)
+    seq = _sequence(
+        packed, tmp_path, counters=counters, remainder="drop", batch_size=6, decoders=decoders
+    )
     e0 = _epoch(seq, table, 0)
     requests_epoch0 = proxy.stats()["requests"]
     assert sorted(p for p, _ in e0) == list(range(36))
@@ -211,7 +224,7 @@ def test_each_sample_once_per_epoch_in_blocks_resumable_and_cached(
     seq.close()
     seq.shard_cache.close()
     # A restarted job (fresh process state, same seed) resumes mid-epoch exactly.
-    again = _sequence(packed, tmp_path / "b", remainder="drop", batch_size=6)
+    again = _sequence(packed, tmp_path / "b", remainder="drop", batch_size=6, decoders=decoders)
     x, _ = again.get_batch(epoch=1, index=3)
     assert [table[digest(r)] for r in x] == [p for p, _ in e1[18:24]]
     again.close()
@@ -235,7 +248,7 @@ def test_two_workers_read_disjoint_shards_with_equal_steps(packed_gcs, tmp_path)
 
 
 def test_corrupt_and_crc_mismatched_samples_skip_or_fail(
-    folder, gcs_bucket, gcs_upload_tree, tmp_path
+    folder, gcs_bucket, gcs_upload_tree, tmp_path, decoders
 ):
     gcs_upload_tree(str(folder), f"gs://{gcs_bucket}/raw")
     out = f"gs://{gcs_bucket}/p"
@@ -250,14 +263,29 @@ def test_corrupt_and_crc_mismatched_samples_skip_or_fail(
     storage.write(shard_uri, bytes(data))
     report = tmp_path / "q.jsonl"
     counters = Counters()
-    seq = _sequence(packed, tmp_path, counters=counters, quarantine_uri=str(report), shuffle=False)
+    seq = _sequence(
+        packed,
+        tmp_path,
+        counters=counters,
+        quarantine_uri=str(report),
+        shuffle=False,
+        decoders=decoders,
+    )
     batches = [seq[i] for i in range(len(seq))]
     assert sum(len(y) for _, y in batches) == 36
+    # The replacement is a sample of the same shard; every other sample is there, decoded.
+    table = {}
+    for p in range(1, len(packed)):  # sample 0 no longer decodes
+        payload = storage.read(packed.shard_uri(int(packed.sample_shard[p])))
+        payload = payload[packed.offset[p] : packed.offset[p] + packed.size[p]]
+        table[digest(decode_image(payload, size=SIZE))] = p
+    got = [table.get(digest(r)) for x, _ in batches for r in x]
+    assert None not in got and set(got) == set(range(1, 36))
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["reason"] == "corrupt" and "crc32c" in rows[0]["message"]
     assert rows[0]["uri"].endswith(f"#{packed.keys[0]}")
     seq.close()
-    strict = _sequence(packed, tmp_path / "s", on_corrupt="fail", shuffle=False)
+    strict = _sequence(packed, tmp_path / "s", on_corrupt="fail", shuffle=False, decoders=decoders)
     with pytest.raises(DataError, match="crc32c mismatch"):
         for i in range(len(strict)):
             strict[i]

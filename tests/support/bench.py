@@ -256,7 +256,7 @@ def run_tf_data(root: Path) -> dict[str, Any]:
     }
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def process_cpu_seconds(pids: list[int]) -> float:
     """User+system CPU time used so far by these (live) processes, from /proc (Linux)."""
     total = 0
     for pid in pids:
@@ -267,7 +267,11 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def _run_image_sequence(
-    data_uri: str, *, storage: Any, server_pids: list[int] | None = None
+    data_uri: str,
+    *,
+    storage: Any,
+    server_pids: list[int] | None = None,
+    decode_processes: int = 0,
 ) -> dict[str, Any]:
     from trainer.data.index import DatasetIndex, discover
     from trainer.data.sequence import ImageSequence
@@ -277,19 +281,22 @@ def _run_image_sequence(
     warm_index = DatasetIndex(
         tuple(u for u, _ in warm), tuple(lab for _, lab in warm), index.class_names
     )
-    with ImageSequence(
-        warm_index, batch_size=BATCH_SIZE, image_size=TARGET_SIZE, storage=storage
-    ) as seq:
-        _iterate_sequence(seq)
-    seq = ImageSequence(index, batch_size=BATCH_SIZE, image_size=TARGET_SIZE, storage=storage)
-    server_cpu = _cpu_seconds(server_pids or [])
-    self_cpu = time.process_time()
-    started = time.perf_counter()
-    n = _iterate_sequence(seq)
-    seconds = time.perf_counter() - started
-    self_cpu = time.process_time() - self_cpu
-    server_cpu = _cpu_seconds(server_pids or []) - server_cpu
-    seq.close()
+    with bench_packed.decode_pool(decode_processes) as pool:
+        options = dict(
+            batch_size=BATCH_SIZE, image_size=TARGET_SIZE, storage=storage, decoders=pool
+        )
+        with ImageSequence(warm_index, **options) as seq:
+            _iterate_sequence(seq)
+        seq = ImageSequence(index, **options)
+        server_cpu = process_cpu_seconds(server_pids or [])
+        self_cpu = bench_packed.cpu_seconds(pool)
+        started = time.perf_counter()
+        n = _iterate_sequence(seq)
+        seconds = time.perf_counter() - started
+        self_cpu = bench_packed.cpu_seconds(pool) - self_cpu
+        server_cpu = process_cpu_seconds(server_pids or []) - server_cpu
+        seq.close()
+        workers_rss = bench_packed.workers_peak_rss_mb(pool)
     counters = seq.counters.snapshot()
     extra = {}
     if server_pids:
@@ -303,16 +310,20 @@ def _run_image_sequence(
         "images": n,
         "seconds": seconds,
         "dtype": seq.dtype,
+        "decode_processes": decode_processes,
+        "decode_workers_peak_rss_mb": workers_rss,
         "fetch_threads": seq.fetch_threads,
         "prefetch_batches": seq.prefetch_batches,
         "counters": {k: round(v, 3) for k, v in counters.items() if v},
     }
 
 
-def run_image_sequence_local(root: Path) -> dict[str, Any]:
+def run_image_sequence_local(root: Path, *, decode_processes: int) -> dict[str, Any]:
     from trainer.data.storage import Storage
 
-    return _run_image_sequence(str((root / "images").resolve()), storage=Storage())
+    return _run_image_sequence(
+        str((root / "images").resolve()), storage=Storage(), decode_processes=decode_processes
+    )
 
 
 def run_image_sequence_gcs_latency(root: Path, *, workload: Workload) -> dict[str, Any]:
@@ -322,7 +333,12 @@ def run_image_sequence_gcs_latency(root: Path, *, workload: Workload) -> dict[st
     with gcs_servers(data_dir, workload=workload) as (proxy_url, pids):
         os.environ[EMULATOR_ENV] = proxy_url  # read when the Storage creates its client
         storage = Storage()
-        result = _run_image_sequence(f"gs://{BUCKET}/images", storage=storage, server_pids=pids)
+        result = _run_image_sequence(
+            f"gs://{BUCKET}/images",
+            storage=storage,
+            server_pids=pids,
+            decode_processes=default_decode_processes(),
+        )
         storage.close()
     return result
 
@@ -341,11 +357,11 @@ def _time_pool(pool: concurrent.futures.Executor, files: list[str]) -> tuple[flo
 
     list(pool.map(_read_decode, _strided(files, WARMUP_IMAGES)))  # warm-up (and fork)
     workers = [p.pid for p in multiprocessing.active_children()]
-    cpu = time.process_time() + _cpu_seconds(workers)
+    cpu = time.process_time() + process_cpu_seconds(workers)
     started = time.perf_counter()
     list(pool.map(_read_decode, files, chunksize=1 if isinstance(pool, _Threads) else 8))
     seconds = time.perf_counter() - started
-    return seconds, time.process_time() + _cpu_seconds(workers) - cpu
+    return seconds, time.process_time() + process_cpu_seconds(workers) - cpu
 
 
 _Threads = concurrent.futures.ThreadPoolExecutor

@@ -109,29 +109,61 @@ def _sequence(packed: Any, positions: Any, cache_dir: str, **options: Any) -> An
     )
 
 
-def run_packed_local(root: Path, *, decode_threads: int | None = None) -> dict[str, Any]:
+def decode_pool(processes: int) -> Any:
+    """A DecodePool of `processes` for the benchmark's target, or a no-op context for 0."""
+    from support.bench import TARGET_SIZE
+    from trainer.data.decode_pool import DecodePool
+
+    return DecodePool(processes, size=TARGET_SIZE) if processes else contextlib.nullcontext()
+
+
+def cpu_seconds(pool: Any) -> float:
+    """CPU time of this process and the pool's decode processes, so far."""
+    from support.bench import process_cpu_seconds
+
+    return time.process_time() + (process_cpu_seconds(pool.pids) if pool else 0.0)
+
+
+def workers_peak_rss_mb(pool: Any) -> float:
+    """The decode processes' peak RSS added up (VmHWM; their shared rows counted in each)."""
+    total = 0
+    for pid in pool.pids if pool else []:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(total / 1024, 1)
+
+
+def run_packed_local(
+    root: Path, *, decode_threads: int | None = None, decode_processes: int = 0
+) -> dict[str, Any]:
     import numpy as np
 
     from trainer.data.storage import Storage
     from trainer.pack.format import open_packed
 
     packed = open_packed(str(packed_dir(root).resolve()), Storage())
-    with tempfile.TemporaryDirectory() as cache_dir:
-        warm = _sequence(packed, np.arange(min(WARMUP, len(packed))), cache_dir)
+    with tempfile.TemporaryDirectory() as cache_dir, decode_pool(decode_processes) as pool:
+        options = {"decode_threads": decode_threads, "decoders": pool}
+        warm = _sequence(packed, np.arange(min(WARMUP, len(packed))), cache_dir, **options)
         _iterate(warm)
         warm.close()
-        seq = _sequence(packed, np.arange(len(packed)), cache_dir, decode_threads=decode_threads)
-        cpu, started = time.process_time(), time.perf_counter()
+        seq = _sequence(packed, np.arange(len(packed)), cache_dir, **options)
+        cpu, own, started = cpu_seconds(pool), time.process_time(), time.perf_counter()
         n = _iterate(seq)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        seconds, cpu = time.perf_counter() - started, cpu_seconds(pool) - cpu
+        own = time.process_time() - own
         seq.close()
+        workers_rss = workers_peak_rss_mb(pool)
     return {
         "images": n,
         "seconds": seconds,
         "cpu_seconds": cpu,
         "pipeline_cores_busy": round(cpu / seconds, 2),
+        "trainer_process_cores_busy": round(own / seconds, 2),
         "dtype": seq.dtype,
         "decode_threads": decode_threads or os.cpu_count(),
+        "decode_processes": decode_processes,
+        "decode_workers_peak_rss_mb": workers_rss,
         "packed": f"--max-side {MAX_SIDE}, {len(packed.shards)} shards of ~{SHARD_MB} MB",
         "counters": {k: round(v, 3) for k, v in seq.counters.snapshot().items() if v},
     }
@@ -233,7 +265,7 @@ def _proxy_requests(proxy_pid: int, stats_file: Path) -> int:
 def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
     import numpy as np
 
-    from support.bench import BUCKET, _cpu_seconds, gcs_servers
+    from support.bench import BUCKET, gcs_servers, process_cpu_seconds
     from trainer.data.storage import Storage
     from trainer.dev.emulator import EMULATOR_ENV
     from trainer.pack.format import open_packed
@@ -255,10 +287,11 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         packed = open_packed(f"gs://{BUCKET}/packed", Storage())
         seq = _sequence(packed, np.arange(len(packed)), os.path.join(tmp, "cache"))
         before = _proxy_requests(pids[0], stats)
-        server_cpu, cpu, started = _cpu_seconds(pids), time.process_time(), time.perf_counter()
+        server_cpu, cpu = process_cpu_seconds(pids), time.process_time()
+        started = time.perf_counter()
         n = _iterate(seq, epoch=0)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-        server_cpu = _cpu_seconds(pids) - server_cpu
+        server_cpu = process_cpu_seconds(pids) - server_cpu
         epoch1 = _proxy_requests(pids[0], stats) - before
         started2 = time.perf_counter()
         n2 = _iterate(seq, epoch=1)

@@ -354,9 +354,20 @@ class TrainConfig:
     )
     decode_threads: int | None = _opt(
         None,
-        help="at most this many images decode at once (default: one per CPU core)",
+        help="with --decode-processes 0, at most this many images decode at once on threads "
+        "(default: one per CPU core)",
         group="Input pipeline",
         ge=1,
+        le=512,
+        metavar="N",
+    )
+    decode_processes: int | None = _opt(
+        None,
+        help="decode in this many worker processes, which read the files themselves and "
+        "return pixels through shared memory, off the trainer's GIL (default: one per CPU "
+        "the container may use); 0 decodes on threads in the trainer process",
+        group="Input pipeline",
+        ge=0,
         le=512,
         metavar="N",
     )

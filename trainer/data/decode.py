@@ -58,7 +58,16 @@ __all__ = [
 JPEG_BACKEND = "simplejpeg" if simplejpeg is not None else "pillow"
 
 RESIZE_MODES = ("squash", "crop", "pad")
-REASONS = ("empty", "not_an_image", "truncated", "too_large", "unsupported_format", "corrupt")
+# "crashed": the image killed a decode process (decode_pool.py) twice.
+REASONS = (
+    "empty",
+    "not_an_image",
+    "truncated",
+    "too_large",
+    "unsupported_format",
+    "corrupt",
+    "crashed",
+)
 
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation → the transpose that puts the picture upright (as ImageOps.exif_transpose),
@@ -405,7 +414,7 @@ _BINARY_HINTS = (
 
 def _unidentified(data: bytes) -> ImageDecodeError:
     """Pillow knows no format for these bytes: say what they look like instead."""
-    head = data[:512].lstrip(b"\xef\xbb\xbf")
+    head = bytes(data[:512]).lstrip(b"\xef\xbb\xbf")
     reason, what = "not_an_image", None
     for magic, fmt in _IMAGE_MAGIC:
         if head.startswith(magic):

@@ -17,6 +17,7 @@ class ids. Order, sharding and the remainder policy come from `sampling.BatchPla
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ import numpy as np
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
 from trainer.data.decode import RESIZE_MODES, ImageDecodeError, decode_image
+from trainer.data.decode_pool import DecodePool, FileRange
 from trainer.data.index import DatasetIndex
 from trainer.data.sampling import BatchPlan
 from trainer.data.storage import Storage, is_gcs
@@ -93,6 +95,7 @@ class ImageSequence(keras.utils.PyDataset):
         on_corrupt: str = "skip",
         fetch_threads: int | None = None,
         decode_threads: int | None = None,
+        decoders: DecodePool | None = None,
         prefetch_batches: int = 4,
         cache: ByteCache | None = None,
         counters: Counters | None = None,
@@ -137,9 +140,16 @@ class ImageSequence(keras.utils.PyDataset):
         self.epochs = epochs
         self.max_batches = max_batches
         self.fetch_threads = fetch_threads
+        self._remote = any(is_gcs(u) for u in index.uris[:1])
         # Many threads hide object-store latency, but more decoders than cores only fight over
         # the GIL and the caches: decoding takes one of `decode_threads` slots.
         self._decode_slots = threading.BoundedSemaphore(decode_threads or os.cpu_count() or 1)
+        # Decode processes instead, when given (shared, e.g. by training and validation).
+        self.decoders = decoders
+        if decoders is not None:
+            decoders.check_matches(
+                size=self.image_size, dtype=dtype, max_pixels=max_pixels, resize=resize
+            )
         self.prefetch_batches = prefetch_batches
         self._labels = np.asarray(index.labels, dtype=np.int32)
         self._lock = threading.Lock()
@@ -237,20 +247,77 @@ class ImageSequence(keras.utils.PyDataset):
         for key in [k for k in self._pending if k not in horizon]:
             self._pending.pop(key).cancel()
 
-    def _submit(self, epoch: int, index: int) -> _BatchFuture:
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.fetch_threads, thread_name_prefix="image-fetch"
             )
+        return self._pool
+
+    def _submit(self, epoch: int, index: int) -> _BatchFuture:
         positions = self.plan.batch(epoch=epoch, index=index)
         start, _ = self.plan.batch_bounds(index)
         x = np.empty((len(positions), *self.image_size, 3), dtype=self.dtype)
         y = self._labels[positions].copy()
-        loads = [
-            self._pool.submit(self._load_into, x, y, slot, int(pos), epoch, start + slot)
+        return _BatchFuture(self._schedule(x, y, positions, epoch, start), x, y)
+
+    def _schedule(
+        self, x: np.ndarray, y: np.ndarray, positions: np.ndarray, epoch: int, start: int
+    ) -> list[concurrent.futures.Future]:
+        """The loads that fill `x` and `y`: per image, or per chunk of files for a process."""
+        pool = self._executor()
+        if self._chunked():
+            rows = self.decoders.rows
+            return [
+                pool.submit(self._load_chunk, x, y, s, positions[s : s + rows], epoch, start)
+                for s in range(0, len(positions), rows)
+            ]
+        return [
+            pool.submit(self._load_into, x, y, slot, int(pos), epoch, start + slot)
             for slot, pos in enumerate(positions)
         ]
-        return _BatchFuture(loads, x, y)
+
+    def _chunked(self) -> bool:
+        """Whether decode processes read the files themselves: local files, no byte cache."""
+        return self.decoders is not None and self.cache is None and not self._remote
+
+    def _file_ranges(
+        self, positions: np.ndarray, pins: contextlib.ExitStack
+    ) -> list[FileRange | Exception]:
+        """The files of samples `positions`, whole; `pins` keeps them while they are read."""
+        return [FileRange(self.index.uris[p], 0, -1) for p in positions.tolist()]
+
+    def _load_chunk(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        first: int,
+        positions: np.ndarray,
+        epoch: int,
+        start: int,
+    ) -> None:
+        """Samples `positions` into rows `first`...: one request to a decode process, which
+        reads the files; the unreadable ones are rejected and replaced one at a time."""
+        slots = list(range(first, first + len(positions)))
+        skip = [self.index.uris[p] in self._quarantine for p in positions.tolist()]
+        if any(skip):  # known bad: straight to a replacement
+            for slot, p in zip(slots, positions.tolist(), strict=True):
+                if self.index.uris[p] in self._quarantine:
+                    self._load_into(x, y, slot, p, epoch, start + slot)
+            keep = np.logical_not(skip)
+            slots, positions = [s for s, k in zip(slots, keep, strict=True) if k], positions[keep]
+        with contextlib.ExitStack() as pins:
+            ranges = self._file_ranges(positions, pins)
+            errors = {k: r for k, r in enumerate(ranges) if isinstance(r, Exception)}
+            ok = [k for k in range(len(ranges)) if k not in errors]
+            found = self.decoders.run([ranges[k] for k in ok], x, [slots[k] for k in ok])
+            errors.update({ok[k]: e for k, e in found.items()})
+        for k, error in sorted(errors.items()):
+            if not isinstance(error, (ImageDecodeError, StorageNotFoundError)):
+                raise error
+            p = int(positions[k])
+            self._reject(self.index.uris[p], error)
+            self._load_into(x, y, slots[k], p, epoch, start + slots[k])
 
     def _load_into(
         self, x: np.ndarray, y: np.ndarray, slot: int, position: int, epoch: int, epoch_slot: int
@@ -263,17 +330,21 @@ class ImageSequence(keras.utils.PyDataset):
                     y[slot] = self._labels[position]
                     return
                 except (ImageDecodeError, StorageNotFoundError) as e:
-                    if self.on_corrupt == "fail":
-                        raise DataError(
-                            f"{uri}: unreadable image ({e}); fix or remove it, or "
-                            "use --on-corrupt skip to quarantine it"
-                        ) from None
-                    self._quarantine_object(uri, e)
+                    self._reject(uri, e)
             position = self.plan.replacement(epoch=epoch, slot=epoch_slot, attempt=attempt)
         raise DataError(
             f"{_MAX_REPLACEMENT_ATTEMPTS} unreadable images in a row around "
             f"{self.index.uris[position]}; see the quarantine report"
         )
+
+    def _reject(self, uri: str, error: Exception) -> None:
+        """An unreadable object: fail the run, or quarantine it (by --on-corrupt)."""
+        if self.on_corrupt == "fail":
+            raise DataError(
+                f"{uri}: unreadable image ({error}); fix or remove it, or "
+                "use --on-corrupt skip to quarantine it"
+            ) from None
+        self._quarantine_object(uri, error)
 
     def _fetch(self, uri: str) -> bytes:
         if self.cache is not None:
@@ -288,6 +359,8 @@ class ImageSequence(keras.utils.PyDataset):
         return data
 
     def _decode(self, data: bytes) -> np.ndarray:
+        if self.decoders is not None:
+            return self.decoders.decode(data)
         with self._decode_slots:
             return self._decode_now(data)
 

@@ -7,11 +7,14 @@
 Everything but where bytes come from is ImageSequence's: batches, look-ahead, decode slots,
 the corrupt-sample policy and its quarantine. The order is `ShardPlan`'s (whole shards per
 worker, shuffled in blocks); each sample is one `pread` from a local shard, checked against
-its crc32c; the shards the next samples need are downloaded ahead.
+its crc32c; the shards the next samples need are downloaded ahead. With decode processes, a
+thread hands a whole chunk of file ranges to one process, which reads, checks and decodes them:
+no Python per image in the trainer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -20,8 +23,10 @@ import google_crc32c
 import numpy as np
 
 from trainer.data.decode import ImageDecodeError
+from trainer.data.decode_pool import FileRange
 from trainer.data.index import DatasetIndex
 from trainer.data.sequence import ImageSequence
+from trainer.errors import StorageNotFoundError
 from trainer.pack.format import PackedIndex
 from trainer.pack.plan import ShardPlan
 from trainer.pack.shards import ShardCache, read_range
@@ -110,6 +115,28 @@ class PackedSequence(ImageSequence):
     def _submit(self, epoch: int, index: int) -> Any:
         self._prefetch_shards(epoch, index)
         return super()._submit(epoch, index)
+
+    def _chunked(self) -> bool:
+        return self.decoders is not None
+
+    def _file_ranges(
+        self, positions: np.ndarray, pins: contextlib.ExitStack
+    ) -> list[FileRange | Exception]:
+        """Where each sample lies in its shard, the shards pinned in the cache for `pins`."""
+        packed, where = self.packed, self._where[positions]
+        shards = packed.sample_shard[where].tolist()
+        paths: dict[int, str | Exception] = {}
+        for shard in set(shards):
+            try:
+                paths[shard] = pins.enter_context(self.shard_cache.opened(packed.shard_uri(shard)))
+            except StorageNotFoundError as e:
+                paths[shard] = e
+        columns = (packed.offset[where].tolist(), packed.size[where].tolist())
+        crcs = packed.crc32c[where].tolist()
+        return [
+            path if isinstance(path := paths[shard], Exception) else FileRange(path, o, n, c)
+            for shard, o, n, c in zip(shards, *columns, crcs, strict=True)
+        ]
 
     def _prefetch_shards(self, epoch: int, index: int) -> None:
         """Start downloading this batch's block of shards and the next `prefetch_shards`."""

@@ -42,6 +42,7 @@ class Inputs:
     per_replica: int
     local_batch: int
     shard_cache: Any = None  # ShardCache of a packed dataset
+    decoders: Any = None  # DecodePool that both Sequences share (--decode-processes)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -57,6 +58,8 @@ class Inputs:
                 seq.close()
         if self.shard_cache is not None:
             self.shard_cache.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 def load_data(config: Any, storage: Storage) -> Data:
@@ -128,7 +131,22 @@ def build_inputs(
     cache = None
     if config.cache_dir and config.cache_size_mb > 0:
         cache = ByteCache(config.cache_dir, max_bytes=config.cache_size_mb << 20)
+    from trainer.data.decode_pool import DecodePool, available_cpus
+
+    decoders = None
+    processes = config.decode_processes
+    if processes is None:
+        processes = available_cpus()
+    if processes:
+        decoders = DecodePool(
+            processes,
+            size=tuple(config.image_size),
+            dtype=config.dtype,
+            resize=config.resize,
+            counters=counters,
+        )
     common = dict(
+        decoders=decoders,
         image_size=tuple(config.image_size),
         resize=config.resize,
         storage=storage,
@@ -175,5 +193,7 @@ def build_inputs(
                 **common,
             )
     except ValueError as e:
+        if decoders is not None:
+            decoders.close()
         raise DataError(f"--data {config.data}: {e}") from None
-    return Inputs(data, train_seq, val_seq, per_replica, local_batch, shard_cache)
+    return Inputs(data, train_seq, val_seq, per_replica, local_batch, shard_cache, decoders)

@@ -1,0 +1,25 @@
+"""The real decode worker, except that bytes starting with b"CRASH" kill it (SIGSEGV).
+
+DecodePool(2, size=(16, 16), command=[sys.executable, crashing_decoder.__file__])
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from trainer.data import decode, decode_worker
+
+_real = decode.decode_image
+
+
+def _crashing(data: bytes, **options: object):
+    if bytes(data[:5]) == b"CRASH":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _real(data, **options)
+
+
+if __name__ == "__main__":
+    decode.decode_image = _crashing
+    sys.exit(decode_worker.main())

@@ -1,0 +1,120 @@
+"""A decode process: image bytes in, pixels out into shared memory; `DecodePool` starts these.
+
+    python -m trainer.data.decode_worker '{"socket": 5, "memory": 6, "slot": 3, "rows": 16, ...}'
+
+It inherits two descriptors: a socket to its parent, and a memfd (anonymous shared memory, no
+name in /dev/shm) holding `rows` output rows from row `slot * rows` on. A request is a JSON
+header listing items, each a file range `["f", path, offset, size, crc32c or -1]`, bytes in
+the worker's input area `["m", offset, size]`, or `["b"]` (its bytes follow as the next
+message); the reply lists the items that failed as `[k, reason, message]`. A size of -1 reads
+the whole file. End of file on the socket, the parent gone, ends the process.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+class _FileError(Exception):
+    """A file that cannot be read; `reason` is one of FILE_ERRORS in decode_pool."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _read_range(item: list[Any]) -> bytes:
+    import google_crc32c
+
+    from trainer.data.decode import ImageDecodeError
+
+    _, path, offset, size, crc = item
+    try:
+        with open(path, "rb") as f:
+            data = os.pread(f.fileno(), size, offset) if size >= 0 else f.read()
+    except FileNotFoundError:
+        raise _FileError("not_found", f"{path}: no such file or directory") from None
+    except PermissionError:
+        raise _FileError(
+            "permission_denied", f"{path}: permission denied; check the file's owner and mode"
+        ) from None
+    except OSError as e:
+        raise _FileError("os_error", f"{path}: cannot read it ({e.strerror or e})") from None
+    if size < 0:
+        return data
+    if len(data) != size:
+        raise ImageDecodeError("truncated", f"{path} ends {size - len(data)} bytes early")
+    if crc >= 0 and google_crc32c.value(data) != crc:
+        raise ImageDecodeError(
+            "corrupt", f"crc32c mismatch: the bytes in {path} differ from the index"
+        )
+    return data
+
+
+def serve(conn: Any, out: np.ndarray, inbox: memoryview, options: dict[str, Any]) -> None:
+    """Answer requests on `conn` until the parent closes it; pixels go to `out[k]`."""
+    from trainer.data.decode import ImageDecodeError, decode_image
+
+    size = (options["height"], options["width"])
+    while True:
+        try:
+            items = json.loads(conn.recv_bytes())["items"]
+        except (EOFError, OSError):
+            return
+        errors, started = [], time.perf_counter()
+        for k, item in enumerate(items):
+            try:
+                if item[0] == "m":
+                    data = inbox[item[1] : item[1] + item[2]]  # no copy: a bytes-like
+                elif item[0] == "b":
+                    data = conn.recv_bytes()
+                else:
+                    data = _read_range(item)
+                out[k] = decode_image(
+                    data,
+                    size=size,
+                    dtype=options["dtype"],
+                    max_pixels=options["max_pixels"],
+                    resize=options["resize"],
+                )
+            except (ImageDecodeError, _FileError) as e:
+                errors.append([k, e.reason, str(e)])
+        reply = {"errors": errors, "seconds": time.perf_counter() - started}
+        try:
+            conn.send_bytes(json.dumps(reply).encode())
+        except OSError:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Map the shared rows, then serve; see the module docstring."""
+    from multiprocessing.connection import Connection
+
+    import cv2
+
+    # Ctrl-C reaches the whole process group; the parent decides when its workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one process per core already
+    options = json.loads((argv or sys.argv[1:])[0])
+    shape = (options["rows"], options["height"], options["width"], 3)
+    dtype = np.dtype(options["dtype"])
+    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+    memory = mmap.mmap(options["memory"], 0)
+    os.close(options["memory"])
+    out = np.ndarray(shape, dtype, buffer=memory, offset=options["slot"] * shape[0] * row_bytes)
+    start = options["inbox_offset"] + options["slot"] * options["inbox_bytes"]
+    inbox = memoryview(memory)[start : start + options["inbox_bytes"]]
+    serve(Connection(options["socket"]), out, inbox, options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
