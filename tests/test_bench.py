@@ -18,11 +18,13 @@ NAMES = {
     "seed_sequence",
     "tf_data",
     "image_sequence_local",
+    "image_sequence_local_threads",
     "image_sequence_gcs_latency",
     "decode_limit",
     "tf_data_tfrecord",
     "packed_local",
-    "packed_local_1decoder",
+    "packed_local_threads",
+    "packed_local_1process",
     "packed_gcs_latency",
 }
 
@@ -64,10 +66,15 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     assert delivered["seed_sequence"] == 32  # floor(40 / 32) batches, as in the article
     assert delivered["tf_data"] == 40
     # Every sample once; with replica_multiple=1 "pad" needs no repeats (batches of 32 and 8).
-    assert delivered["image_sequence_local"] == 40
+    assert delivered["image_sequence_local"] == delivered["image_sequence_local_threads"] == 40
     assert delivered["image_sequence_gcs_latency"] == 40
     assert delivered["decode_limit"] == 40
-    for name in ("tf_data_tfrecord", "packed_local", "packed_local_1decoder"):
+    for name in (
+        "tf_data_tfrecord",
+        "packed_local",
+        "packed_local_threads",
+        "packed_local_1process",
+    ):
         assert delivered[name] == 40, name
     packed_gcs = next(r for r in doc["results"] if r["name"] == "packed_gcs_latency")
     assert packed_gcs["images"] == 40
@@ -78,6 +85,10 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     # The largest of the benchmark processes: the configurations' and the parent's own (which
     # generates the workload, and may be the largest).
     assert doc["peak_rss_mb"] >= max(r["peak_rss_mb"] for r in doc["results"])
+    by_name = {r["name"]: r for r in doc["results"]}
+    assert by_name["packed_local"]["decode_processes"] == bench.default_decode_processes()
+    assert by_name["packed_local_1process"]["decode_workers_peak_rss_mb"] > 0
+    assert by_name["packed_local_threads"]["decode_processes"] == 0
     assert len(doc["targets"]) == 5
     # The workload is cached: the images and the seeded emulator data dir stay for next time.
     root = tmp_path / "cache" / "images-40_side-320-2048_q90_seed0"
@@ -101,7 +112,7 @@ def test_targets_use_the_issue_thresholds() -> None:
         {"name": "image_sequence_local", "images_per_s": 120.0},
         {"name": "decode_limit", "images_per_s": 125.0},
         {"name": "packed_local", "images_per_s": 550.0},
-        {"name": "packed_local_1decoder", "images_per_s": 300.0},
+        {"name": "packed_local_1process", "images_per_s": 300.0},
         {"name": "packed_gcs_latency", "images_per_s": 500.0},
     ]
     got = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=True)}
@@ -110,7 +121,7 @@ def test_targets_use_the_issue_thresholds() -> None:
         "packed_local >= 1 x tf_data_tfrecord": False,
         "packed_gcs_latency >= 0.9 x packed_local": True,
         "image_sequence_local >= 0.95 x decode_limit": True,
-        "packed_local >= 1.8 x packed_local_1decoder": True,
+        "packed_local >= 1.8 x packed_local_1process": True,
     }
 
 

@@ -1,8 +1,10 @@
 """The packed configurations of the input benchmark (see support.bench), run the same way.
 
 packed_local          PackedSequence over the workload packed once at --max-side 448
-                      (tar shards of 16 MB on local disk), default settings
-packed_local_1decoder the same with one decoding thread: the scaling figure for 2 decoders
+                      (tar shards of 16 MB on local disk), the trainer's default settings:
+                      one decode process per available CPU, each reading its shard ranges
+packed_local_threads  the same decoding on threads in this process (--decode-processes 0)
+packed_local_1process the same with one decode process: the scaling figure for 2 vs 1
 tf_data_tfrecord      the same pre-sized JPEG bytes in one TFRecord file per shard, read
                       with interleave(TFRecordDataset) + map(decode_jpeg, resize), AUTOTUNE
 packed_gcs_latency    PackedSequence over gs://bench/packed: the latency proxy in front of
@@ -265,7 +267,7 @@ def _proxy_requests(proxy_pid: int, stats_file: Path) -> int:
 def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
     import numpy as np
 
-    from support.bench import BUCKET, gcs_servers, process_cpu_seconds
+    from support.bench import BUCKET, default_decode_processes, gcs_servers, process_cpu_seconds
     from trainer.data.storage import Storage
     from trainer.dev.emulator import EMULATOR_ENV
     from trainer.pack.format import open_packed
@@ -273,6 +275,7 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
     local = open_packed(str(packed_dir(root).resolve()), Storage())
     data_dir = seed_packed_gcs(root)
     with (
+        contextlib.ExitStack() as pins,
         tempfile.TemporaryDirectory() as tmp,
         gcs_servers(data_dir, workload=workload, stats_file=Path(tmp) / "stats.json") as (
             url,
@@ -280,17 +283,20 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         ),
     ):
         stats = Path(tmp) / "stats.json"
-        warm = _sequence(local, np.arange(min(WARMUP, len(local))), os.path.join(tmp, "w"))
+        pool = pins.enter_context(decode_pool(default_decode_processes()))
+        warm = _sequence(
+            local, np.arange(min(WARMUP, len(local))), os.path.join(tmp, "w"), decoders=pool
+        )
         _iterate(warm)  # decoders and imports warm, from local shards
         warm.close()
         os.environ[EMULATOR_ENV] = url
         packed = open_packed(f"gs://{BUCKET}/packed", Storage())
-        seq = _sequence(packed, np.arange(len(packed)), os.path.join(tmp, "cache"))
+        seq = _sequence(packed, np.arange(len(packed)), os.path.join(tmp, "cache"), decoders=pool)
         before = _proxy_requests(pids[0], stats)
-        server_cpu, cpu = process_cpu_seconds(pids), time.process_time()
+        server_cpu, cpu = process_cpu_seconds(pids), cpu_seconds(pool)
         started = time.perf_counter()
         n = _iterate(seq, epoch=0)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        seconds, cpu = time.perf_counter() - started, cpu_seconds(pool) - cpu
         server_cpu = process_cpu_seconds(pids) - server_cpu
         epoch1 = _proxy_requests(pids[0], stats) - before
         started2 = time.perf_counter()
@@ -299,6 +305,7 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         epoch2 = _proxy_requests(pids[0], stats) - before - epoch1
         seq.close()
         seq.shard_cache.close()
+        workers_rss = workers_peak_rss_mb(pool)
     return {
         "images": n,
         "seconds": seconds,
@@ -306,6 +313,8 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         "pipeline_cores_busy": round(cpu / seconds, 2),
         "server_cores_busy": round(server_cpu / seconds, 2),
         "dtype": seq.dtype,
+        "decode_processes": pool.processes if pool else 0,
+        "decode_workers_peak_rss_mb": workers_rss,
         "gcs_requests_epoch1": epoch1,
         "gcs_requests_epoch2": epoch2,
         "requests_per_image_epoch1": round(epoch1 / n, 4),

@@ -5,10 +5,7 @@ instead of GCS. Files are written atomically (temp file + rename): a killed job 
 half-written entry that a restarted job would serve.
 
     cache = ByteCache("/var/cache/streamtrain", max_bytes=10 << 30)
-    data = cache.get(uri)
-    if data is None:
-        data = storage.read(uri)
-        cache.put(uri, data)
+    data = cache.fetch(uri, storage.read, counters)   # get, or read and put
 """
 
 from __future__ import annotations
@@ -20,6 +17,9 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+
+from trainer.data.counters import Counters
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,17 @@ class ByteCache:
                 return f.read()
         except FileNotFoundError:  # evicted by another thread meanwhile
             return None
+
+    def fetch(self, uri: str, read: Callable[[str], bytes], counters: Counters) -> bytes:
+        """The cached bytes of `uri`, or `read(uri)` kept for next time; hits and misses counted."""
+        data = self.get(uri)
+        if data is not None:
+            counters.add("cache_hits")
+            return data
+        counters.add("cache_misses")
+        data = read(uri)
+        self.put(uri, data)
+        return data
 
     def put(self, uri: str, data: bytes) -> None:
         if len(data) > self.max_bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -31,16 +30,17 @@ import numpy as np
 
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
-from trainer.data.decode import RESIZE_MODES, ImageDecodeError, decode_image
+from trainer.data.decode import RESIZE_MODES, ImageDecodeError
 from trainer.data.decode_pool import DecodePool, FileRange
 from trainer.data.index import DatasetIndex
+from trainer.data.quarantine import Quarantine
 from trainer.data.sampling import BatchPlan
 from trainer.data.storage import Storage, is_gcs
+from trainer.data.thread_decoder import ThreadDecoder
 from trainer.errors import DataError, StorageNotFoundError
 
 logger = logging.getLogger(__name__)
 
-CORRUPT_POLICIES = ("skip", "fail")
 DTYPES = ("uint8", "float32")
 # A batch made only of unreadable objects after this many draws means the data is broken.
 _MAX_REPLACEMENT_ATTEMPTS = 16
@@ -112,8 +112,6 @@ class ImageSequence(keras.utils.PyDataset):
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        if on_corrupt not in CORRUPT_POLICIES:
-            raise ValueError(f"on_corrupt must be one of {CORRUPT_POLICIES}, got {on_corrupt!r}")
         self.index = index
         self.image_size = tuple(image_size)
         self.dtype = dtype
@@ -141,22 +139,22 @@ class ImageSequence(keras.utils.PyDataset):
         self.max_batches = max_batches
         self.fetch_threads = fetch_threads
         self._remote = any(is_gcs(u) for u in index.uris[:1])
-        # Many threads hide object-store latency, but more decoders than cores only fight over
-        # the GIL and the caches: decoding takes one of `decode_threads` slots.
-        self._decode_slots = threading.BoundedSemaphore(decode_threads or os.cpu_count() or 1)
-        # Decode processes instead, when given (shared, e.g. by training and validation).
+        # Decode processes when given (shared, e.g. by training and validation), else threads.
         self.decoders = decoders
+        options = dict(size=self.image_size, dtype=dtype, max_pixels=max_pixels, resize=resize)
         if decoders is not None:
-            decoders.check_matches(
-                size=self.image_size, dtype=dtype, max_pixels=max_pixels, resize=resize
-            )
+            decoders.check_matches(**options)
+        self._decoder = decoders or ThreadDecoder(
+            **options, threads=decode_threads, counters=self.counters
+        )
         self.prefetch_batches = prefetch_batches
         self._labels = np.asarray(index.labels, dtype=np.int32)
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], _BatchFuture] = {}
-        self._report_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._quarantine: dict[str, dict[str, str]] = {}
+        self._quarantine = Quarantine(
+            on_corrupt, storage=self.storage, counters=self.counters, report_uri=quarantine_uri
+        )
         _log_remainder(self.plan, shard_index, shard_count)
 
     # --- PyDataset protocol -------------------------------------------------------------------
@@ -202,8 +200,7 @@ class ImageSequence(keras.utils.PyDataset):
 
     @property
     def quarantined(self) -> list[dict[str, str]]:
-        with self._lock:
-            return list(self._quarantine.values())
+        return self._quarantine.records
 
     def close(self) -> None:
         with self._lock:
@@ -235,7 +232,11 @@ class ImageSequence(keras.utils.PyDataset):
         """The bytes of sample `position`: fetched by name, unless the index reads them itself
         (a packed split's `read_sample`)."""
         reader = getattr(self.index, "read_sample", None)
-        return reader(position) if reader is not None else self._fetch(uri)
+        if reader is not None:
+            return reader(position)
+        if self.cache is not None:
+            return self.cache.fetch(uri, self.storage.read, self.counters)
+        return self.storage.read(uri)
 
     def _advance(self, epoch: int, index: int, ahead: int) -> tuple[int, int]:
         # Look-ahead runs across the epoch boundary, so epoch e+1 starts warm.
@@ -287,37 +288,24 @@ class ImageSequence(keras.utils.PyDataset):
         """The files of samples `positions`, whole; `pins` keeps them while they are read."""
         return [FileRange(self.index.uris[p], 0, -1) for p in positions.tolist()]
 
-    def _load_chunk(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        first: int,
-        positions: np.ndarray,
-        epoch: int,
-        start: int,
-    ) -> None:
+    def _load_chunk(self, x, y, first: int, positions: np.ndarray, epoch: int, start: int) -> None:
         """Samples `positions` into rows `first`...: one request to a decode process, which
-        reads the files; the unreadable ones are rejected and replaced one at a time."""
-        slots = list(range(first, first + len(positions)))
-        skip = [self.index.uris[p] in self._quarantine for p in positions.tolist()]
-        if any(skip):  # known bad: straight to a replacement
-            for slot, p in zip(slots, positions.tolist(), strict=True):
-                if self.index.uris[p] in self._quarantine:
-                    self._load_into(x, y, slot, p, epoch, start + slot)
-            keep = np.logical_not(skip)
-            slots, positions = [s for s, k in zip(slots, keep, strict=True) if k], positions[keep]
+        reads the files; known and newly found bad ones are replaced one at a time."""
+        uris = [self.index.uris[p] for p in positions.tolist()]
+        todo = [k for k, uri in enumerate(uris) if uri not in self._quarantine]
+        failed: dict[int, Exception | None] = dict.fromkeys(set(range(len(uris))) - set(todo))
         with contextlib.ExitStack() as pins:
-            ranges = self._file_ranges(positions, pins)
-            errors = {k: r for k, r in enumerate(ranges) if isinstance(r, Exception)}
-            ok = [k for k in range(len(ranges)) if k not in errors]
-            found = self.decoders.run([ranges[k] for k in ok], x, [slots[k] for k in ok])
-            errors.update({ok[k]: e for k, e in found.items()})
-        for k, error in sorted(errors.items()):
-            if not isinstance(error, (ImageDecodeError, StorageNotFoundError)):
-                raise error
-            p = int(positions[k])
-            self._reject(self.index.uris[p], error)
-            self._load_into(x, y, slots[k], p, epoch, start + slots[k])
+            ranges = self._file_ranges(positions[todo], pins)
+            failed.update({todo[i]: r for i, r in enumerate(ranges) if isinstance(r, Exception)})
+            run = [i for i, r in enumerate(ranges) if not isinstance(r, Exception)]
+            found = self.decoders.run([ranges[i] for i in run], x, [first + todo[i] for i in run])
+            failed.update({todo[run[j]]: e for j, e in found.items()})
+        for k, error in sorted(failed.items()):
+            if error is not None:
+                if not isinstance(error, (ImageDecodeError, StorageNotFoundError)):
+                    raise error
+                self._quarantine.reject(uris[k], error)
+            self._load_into(x, y, first + k, int(positions[k]), epoch, start + first + k)
 
     def _load_into(
         self, x: np.ndarray, y: np.ndarray, slot: int, position: int, epoch: int, epoch_slot: int
@@ -326,72 +314,16 @@ class ImageSequence(keras.utils.PyDataset):
             uri = self.index.uris[position]
             if uri not in self._quarantine:
                 try:
-                    x[slot] = self._decode(self._read(position, uri))
+                    x[slot] = self._decoder.decode(self._read(position, uri))
                     y[slot] = self._labels[position]
                     return
                 except (ImageDecodeError, StorageNotFoundError) as e:
-                    self._reject(uri, e)
+                    self._quarantine.reject(uri, e)
             position = self.plan.replacement(epoch=epoch, slot=epoch_slot, attempt=attempt)
         raise DataError(
             f"{_MAX_REPLACEMENT_ATTEMPTS} unreadable images in a row around "
             f"{self.index.uris[position]}; see the quarantine report"
         )
-
-    def _reject(self, uri: str, error: Exception) -> None:
-        """An unreadable object: fail the run, or quarantine it (by --on-corrupt)."""
-        if self.on_corrupt == "fail":
-            raise DataError(
-                f"{uri}: unreadable image ({error}); fix or remove it, or "
-                "use --on-corrupt skip to quarantine it"
-            ) from None
-        self._quarantine_object(uri, error)
-
-    def _fetch(self, uri: str) -> bytes:
-        if self.cache is not None:
-            data = self.cache.get(uri)
-            if data is not None:
-                self.counters.add("cache_hits")
-                return data
-            self.counters.add("cache_misses")
-        data = self.storage.read(uri)
-        if self.cache is not None:
-            self.cache.put(uri, data)
-        return data
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        if self.decoders is not None:
-            return self.decoders.decode(data)
-        with self._decode_slots:
-            return self._decode_now(data)
-
-    def _decode_now(self, data: bytes) -> np.ndarray:
-        started = time.perf_counter()
-        try:
-            return decode_image(
-                data,
-                size=self.image_size,
-                dtype=self.dtype,
-                max_pixels=self.max_pixels,
-                resize=self.resize,
-            )
-        finally:
-            self.counters.add("decode_seconds", time.perf_counter() - started)
-
-    def _quarantine_object(self, uri: str, error: Exception) -> None:
-        reason = getattr(error, "reason", "not_found")
-        # One lock around update and write: reports are rewritten whole, never out of order.
-        with self._report_lock:
-            with self._lock:
-                if uri in self._quarantine:
-                    return
-                self._quarantine[uri] = {"uri": uri, "reason": reason, "message": str(error)}
-                report = "".join(json.dumps(r) + "\n" for r in self._quarantine.values())
-            self.counters.add("skipped")
-            logger.warning(
-                "skipping %s (%s); a replacement from the same shard takes its place", uri, reason
-            )
-            if self.quarantine_uri:
-                self.storage.write(self.quarantine_uri, report.encode())
 
 
 class _BatchFuture:
