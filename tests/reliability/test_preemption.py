@@ -4,9 +4,10 @@ uninterrupted one does: the same samples in the same order, the same final weigh
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
-from support.trainer_runs import metrics, run, run_until_done
+from support.trainer_runs import metrics, run, run_until_done, tagged_processes
 
 from trainer.dev.synthetic import write_learnable_dataset
 
@@ -117,8 +118,12 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint(
 ):
     out = tmp_path / "out"
     args = ("--data", str(data), "--output", str(out), *ARGS)
-    killed = run(*args, env={"STREAMTRAIN_FAULT": fault})
+    tag = f"sigkill-{uuid.uuid4().hex}"
+    killed = run(*args, env={"STREAMTRAIN_FAULT": fault, "TEST_TAG": tag})
     assert killed.code == -9, killed.log[-2000:]
+    # Its decode processes see their socket close and exit; nothing else maps their memory.
+    assert "decoding in 2 decode processes" in killed.log
+    assert tagged_processes(tag, wait=10) == [], "decode processes outlived the trainer"
     folders = sorted((out / "checkpoints").iterdir())
     partial = [f.name for f in folders if not (f / "COMMITTED").exists()]
     complete = [f.name for f in folders if (f / "COMMITTED").exists()]
@@ -142,7 +147,8 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint(
         area=AREA,
         case=case,
         injected=f"STREAMTRAIN_FAULT={fault} (checkpoint every 4 steps)",
-        observed=f"killed (exit -9) with partial checkpoint(s) {partial or 'none'}; restart "
+        observed=f"killed (exit -9) with partial checkpoint(s) {partial or 'none'}; its 2 "
+        "decode processes gone within 10 s (no shared memory left: a memfd); restart "
         f"resumed from complete ckpt at step {step} (last step logged before the kill: "
         f"{last_logged}); final order and weights equal the uninterrupted run's",
     )

@@ -48,6 +48,25 @@ def run(*args: str, env: dict[str, str] | None = None) -> Run:
     return Run(proc.returncode, proc.stderr, time.monotonic() - started)
 
 
+def tagged_processes(tag: str, *, wait: float = 0) -> list[int]:
+    """Live processes whose environment holds TEST_TAG=`tag` (a run's children inherit it),
+    after waiting up to `wait` seconds for them to go."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                tagged = f"TEST_TAG={tag}".encode() in (proc / "environ").read_bytes().split(b"\0")
+                state = (proc / "stat").read_text().rsplit(") ", 1)[1][0]
+            except (OSError, IndexError):
+                continue
+            if tagged and state != "Z":
+                found.append(int(proc.name))
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
 def metrics(output: Path) -> dict:
     return json.loads((output / "metrics.json").read_text())
 

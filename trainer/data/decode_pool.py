@@ -17,6 +17,7 @@ the corrupt-sample policy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -240,7 +241,9 @@ class DecodePool:
             self._out = None
             for view in self._inboxes:
                 view.release()
-            self._memory.close()
+            # A caller's view still alive keeps the mapping; it goes with the last reference.
+            with contextlib.suppress(BufferError):
+                self._memory.close()
             os.close(self._memfd)
             self._memory = None
 

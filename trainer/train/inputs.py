@@ -8,6 +8,7 @@ inputs = build_inputs(config, data, setup, storage=storage, counters=counters,
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from typing import Any
@@ -21,6 +22,8 @@ from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
 from trainer.errors import ConfigError, DataError
 from trainer.pack.format import PackedIndex, open_packed
+
+logger = logging.getLogger(__name__)
 
 # The shard cache of a packed gs:// dataset when --cache-size-mb does not size it.
 DEFAULT_SHARD_CACHE_MB = 20 << 10
@@ -138,6 +141,7 @@ def build_inputs(
     if processes is None:
         processes = available_cpus()
     if processes:
+        logger.info("decoding in %d decode processes (--decode-processes)", processes)
         decoders = DecodePool(
             processes,
             size=tuple(config.image_size),
