@@ -26,7 +26,7 @@ $(CHECKOV_STAMP):
 	touch $@
 
 test: install tools lint image
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m "not full"
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m "not full" --durations=15
 
 # The trainer image with buildah (scripts/image/build.sh): installs buildah, podman, runc and
 # mmdebstrap when missing, builds a stand-in for the base image where no registry is reachable,
