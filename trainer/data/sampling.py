@@ -38,8 +38,46 @@ _EPOCH_SALT = 0xE90C
 _REPLACE_SALT = 0x5C1B
 
 
+class EpochPlan:
+    """Equal batches cut from `epoch_order(epoch)`: what BatchPlan and ShardPlan share.
+
+    A plan has `members`, `samples_per_epoch`, `batch_size`, `seed` and `epoch_order`;
+    `_replace_salt` keeps each kind's replacement draws its own (and as they always were).
+    """
+
+    _replace_salt = _REPLACE_SALT
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_epoch / self.batch_size)
+
+    @property
+    def padded(self) -> int:
+        """Samples this shard repeats per epoch (policy ``pad``)."""
+        return max(0, self.samples_per_epoch - len(self.members))
+
+    @property
+    def dropped(self) -> int:
+        """Samples this shard leaves out per epoch (policy ``drop``)."""
+        return max(0, len(self.members) - self.samples_per_epoch)
+
+    def batch_bounds(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range [0, {len(self)})")
+        start = index * self.batch_size
+        return start, min(start + self.batch_size, self.samples_per_epoch)
+
+    def batch(self, *, epoch: int, index: int) -> np.ndarray:
+        start, stop = self.batch_bounds(index)
+        return self.epoch_order(epoch)[start:stop]
+
+    def replacement(self, *, epoch: int, slot: int, attempt: int) -> int:
+        """A deterministic substitute, from this shard, for a sample that could not be read."""
+        rng = np.random.default_rng([self.seed, self._replace_salt, epoch, slot, attempt])
+        return int(self.members[rng.integers(len(self.members))])
+
+
 @dataclasses.dataclass(frozen=True)
-class BatchPlan:
+class BatchPlan(EpochPlan):
     num_samples: int
     batch_size: int
     replica_multiple: int = 1
@@ -96,37 +134,9 @@ class BatchPlan:
         full, rest = divmod(shortest, self.batch_size)
         return full * self.batch_size + (rest // self.replica_multiple) * self.replica_multiple
 
-    def __len__(self) -> int:
-        return math.ceil(self.samples_per_epoch / self.batch_size)
-
-    @property
-    def padded(self) -> int:
-        """Samples this shard repeats per epoch (policy ``pad``)."""
-        return max(0, self.samples_per_epoch - len(self.members))
-
-    @property
-    def dropped(self) -> int:
-        """Samples this shard leaves out per epoch (policy ``drop``)."""
-        return max(0, len(self.members) - self.samples_per_epoch)
-
-    def batch_bounds(self, index: int) -> tuple[int, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range [0, {len(self)})")
-        start = index * self.batch_size
-        return start, min(start + self.batch_size, self.samples_per_epoch)
-
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Dataset positions in the order this shard serves them in `epoch`."""
         return _epoch_order(self, epoch)
-
-    def batch(self, *, epoch: int, index: int) -> np.ndarray:
-        start, stop = self.batch_bounds(index)
-        return self.epoch_order(epoch)[start:stop]
-
-    def replacement(self, *, epoch: int, slot: int, attempt: int) -> int:
-        """A deterministic substitute, from this shard, for a sample that could not be read."""
-        rng = np.random.default_rng([self.seed, _REPLACE_SALT, epoch, slot, attempt])
-        return int(self.members[rng.integers(len(self.members))])
 
 
 @functools.lru_cache(maxsize=4)

@@ -21,15 +21,16 @@ import math
 
 import numpy as np
 
-from trainer.data.sampling import REMAINDER_POLICIES
+from trainer.data.sampling import REMAINDER_POLICIES, EpochPlan
 
 _OWNER_SALT = 0x0A11
 _EPOCH_SALT = 0xB10C
-_REPLACE_SALT = 0x5C1C
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ShardPlan:
+class ShardPlan(EpochPlan):
+    _replace_salt = 0x5C1C
+
     shard_members: tuple[np.ndarray, ...]  # per shard: positions, in their order in the shard
     batch_size: int
     replica_multiple: int = 1
@@ -88,17 +89,6 @@ class ShardPlan:
         rest = math.ceil(rest / multiple) if self.remainder == "pad" else rest // multiple
         return full * self.batch_size + rest * multiple
 
-    def __len__(self) -> int:
-        return math.ceil(self.samples_per_epoch / self.batch_size)
-
-    @property
-    def padded(self) -> int:
-        return max(0, self.samples_per_epoch - len(self.members))
-
-    @property
-    def dropped(self) -> int:
-        return max(0, len(self.members) - self.samples_per_epoch)
-
     def shard_order(self, epoch: int) -> list[int]:
         """This worker's shards in the order `epoch` reads them."""
         shards = list(self.shards)
@@ -109,20 +99,6 @@ class ShardPlan:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         return _epoch_order(self, epoch)
-
-    def batch_bounds(self, index: int) -> tuple[int, int]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} out of range [0, {len(self)})")
-        start = index * self.batch_size
-        return start, min(start + self.batch_size, self.samples_per_epoch)
-
-    def batch(self, *, epoch: int, index: int) -> np.ndarray:
-        start, stop = self.batch_bounds(index)
-        return self.epoch_order(epoch)[start:stop]
-
-    def replacement(self, *, epoch: int, slot: int, attempt: int) -> int:
-        rng = np.random.default_rng([self.seed, _REPLACE_SALT, epoch, slot, attempt])
-        return int(self.members[rng.integers(len(self.members))])
 
 
 @functools.lru_cache(maxsize=4)
