@@ -9,9 +9,9 @@ import os
 import signal
 import sys
 
-from trainer.data import decode, decode_worker
+from trainer.data import decode_worker
 
-_real = decode.decode_image
+_real = decode_worker.decode_image
 
 
 def _crashing(data: bytes, **options: object):
@@ -21,5 +21,5 @@ def _crashing(data: bytes, **options: object):
 
 
 if __name__ == "__main__":
-    decode.decode_image = _crashing
+    decode_worker.decode_image = _crashing
     sys.exit(decode_worker.main())

@@ -193,11 +193,15 @@ class DecodePool:
         for slot in range(processes):
             self._idle.put(slot)
         self.counters = counters if counters is not None else Counters()
-        self.restarts = 0
 
     @property
     def processes(self) -> int:
         return len(self._workers)
+
+    @property
+    def restarts(self) -> int:
+        """Decode processes restarted after dying."""
+        return int(self.counters.get("decoder_restarts"))
 
     @property
     def pids(self) -> list[int]:
@@ -274,7 +278,6 @@ class DecodePool:
                 with self._lock:
                     if self._workers:
                         self._workers[slot] = self._start(slot)
-                    self.restarts += 1
                 self.counters.add("decoder_restarts")
                 logger.warning("a decode process died (%s); restarted", reason)
             else:

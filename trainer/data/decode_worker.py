@@ -20,7 +20,10 @@ import sys
 import time
 from typing import Any
 
+import google_crc32c
 import numpy as np
+
+from trainer.data.decode import ImageDecodeError, decode_image
 
 
 class _FileError(Exception):
@@ -32,10 +35,6 @@ class _FileError(Exception):
 
 
 def _read_range(item: list[Any]) -> bytes:
-    import google_crc32c
-
-    from trainer.data.decode import ImageDecodeError
-
     _, path, offset, size, crc = item
     try:
         with open(path, "rb") as f:
@@ -61,8 +60,6 @@ def _read_range(item: list[Any]) -> bytes:
 
 def serve(conn: Any, out: np.ndarray, inbox: memoryview, options: dict[str, Any]) -> None:
     """Answer requests on `conn` until the parent closes it; pixels go to `out[k]`."""
-    from trainer.data.decode import ImageDecodeError, decode_image
-
     size = (options["height"], options["width"])
     while True:
         try:

@@ -138,7 +138,8 @@ class ImageSequence(keras.utils.PyDataset):
         self.epochs = epochs
         self.max_batches = max_batches
         self.fetch_threads = fetch_threads
-        self._remote = any(is_gcs(u) for u in index.uris[:1])
+        # A manifest may mix local paths and gs:// objects: any remote one keeps per-image loads.
+        self._remote = any(is_gcs(u) for u in index.uris)
         # Decode processes when given (shared, e.g. by training and validation), else threads.
         self.decoders = decoders
         options = dict(size=self.image_size, dtype=dtype, max_pixels=max_pixels, resize=resize)
