@@ -293,7 +293,9 @@ class Storage:
         gs:// objects come with google-cloud-storage's sliced download
         (`transfer_manager.download_chunks_concurrently`: one metadata GET, then ranged GETs of
         `chunk_mb` on `workers` threads, crc32c over the whole); an endpoint that refuses
-        ranged reads falls back to one plain download.
+        ranged reads falls back to one plain download. Each slice is read in one piece
+        (`single_shot_download`), so up to `workers` × `chunk_mb` is held in memory: the
+        library's default 8 KiB read loop costs about a core per 90 MB/s, here 3.5 × the CPU.
         """
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         started = time.perf_counter()
@@ -334,7 +336,11 @@ class Storage:
                 chunk_size=chunk_mb << 20,
                 worker_type=transfer_manager.THREAD,
                 max_workers=max(1, min(workers, -(-(blob.size or 1) // (chunk_mb << 20)))),
-                download_kwargs={"retry": self._gcs.retry, "timeout": self._gcs.timeout},
+                download_kwargs={
+                    "retry": self._gcs.retry,
+                    "timeout": self._gcs.timeout,
+                    "single_shot_download": True,
+                },
             )
 
         try:

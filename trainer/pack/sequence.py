@@ -113,7 +113,7 @@ class PackedSequence(ImageSequence):
         )
 
     def _submit(self, epoch: int, index: int) -> Any:
-        self._prefetch_shards(epoch, index)
+        self.download_ahead(epoch=epoch, index=index)
         return super()._submit(epoch, index)
 
     def _chunked(self) -> bool:
@@ -138,8 +138,9 @@ class PackedSequence(ImageSequence):
             for shard, o, n, c in zip(shards, *columns, crcs, strict=True)
         ]
 
-    def _prefetch_shards(self, epoch: int, index: int) -> None:
-        """Start downloading this batch's block of shards and the next `prefetch_shards`."""
+    def download_ahead(self, *, epoch: int, index: int) -> None:
+        """Start downloading batch `index`'s block of shards and the next `prefetch_shards`
+        (the trainer calls it for the first batch while the model is built)."""
         start, _ = self.plan.batch_bounds(index)
         order = self.plan.shard_order(epoch)
         first = int(self.packed.sample_shard[self._where[self.plan.epoch_order(epoch)[start]]])

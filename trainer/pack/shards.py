@@ -5,7 +5,8 @@
     with cache.opened(uri) as path:  # wait for it; never evicted while open
         data = read_range(path, offset, size)
 
-Local shards are read where they are, never copied. gs:// shards come through
+Local shards are read where they are, never copied. `download_threads` (4) fetch a block of
+4 shards at once. gs:// shards come through
 `Storage.download_file` (google-cloud-storage's sliced download) into a temp name and are
 renamed into place, so a killed job leaves no half shard that a restart would trust; files
 left from an earlier run are reused, oldest first to go.
@@ -47,7 +48,7 @@ class ShardCache:
         max_bytes: int,
         storage: Storage,
         counters: Counters | None = None,
-        download_threads: int = 2,
+        download_threads: int = 4,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")

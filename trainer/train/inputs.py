@@ -200,4 +200,6 @@ def build_inputs(
         if decoders is not None:
             decoders.close()
         raise DataError(f"--data {config.data}: {e}") from None
+    if data.packed is not None:
+        train_seq.download_ahead(epoch=0, index=0)  # the first block, while the model builds
     return Inputs(data, train_seq, val_seq, per_replica, local_batch, shard_cache, decoders)
