@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SIDE = 448
 SHARD_MB = 16
+TAG = f"{MAX_SIDE}-seed0"  # the cached folders' names: --max-side, and the pack's shuffle seed
 WARMUP = 64
 
 
@@ -37,7 +38,7 @@ def packed_dir(root: Path) -> Path:
     from trainer.data.storage import Storage
     from trainer.pack.writer import PackConfig, pack
 
-    out = root / f"packed-{MAX_SIDE}"
+    out = root / f"packed-{TAG}"
     if not (out / "_SUCCESS").exists():
         logger.info("packing %s at --max-side %d (once; reused later)", root / "images", MAX_SIDE)
         started = time.perf_counter()
@@ -59,7 +60,7 @@ def tfrecord_dir(root: Path) -> Path:
     from trainer.data.storage import Storage
     from trainer.pack.format import open_packed
 
-    out = root / f"tfrecord-{MAX_SIDE}"
+    out = root / f"tfrecord-{TAG}"
     if (out / ".complete").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -228,7 +229,7 @@ def seed_packed_gcs(root: Path) -> Path:
     from trainer.data.storage import Storage
     from trainer.dev.emulator import EMULATOR_ENV, Emulator
 
-    data_dir = root / f"gcs-packed-{MAX_SIDE}"
+    data_dir = root / f"gcs-packed-{TAG}"
     if (data_dir / ".seeded").exists():
         return data_dir
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -309,7 +310,7 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         epoch2 = _proxy_requests(pids[0], stats) - before - epoch1
         seq.close()
         seq.shard_cache.close()
-        workers_rss = workers_peak_rss_mb(pool)
+        workers_rss, processes = workers_peak_rss_mb(pool), pool.processes if pool else 0
     return {
         "images": n,
         "seconds": seconds,
@@ -317,7 +318,7 @@ def run_packed_gcs_latency(root: Path, *, workload: Any) -> dict[str, Any]:
         "pipeline_cores_busy": round(cpu / seconds, 2),
         "server_cores_busy": round(server_cpu / seconds, 2),
         "dtype": seq.dtype,
-        "decode_processes": pool.processes if pool else 0,
+        "decode_processes": processes,
         "decode_workers_peak_rss_mb": workers_rss,
         "gcs_requests_epoch1": epoch1,
         "gcs_requests_epoch2": epoch2,
