@@ -4,6 +4,7 @@ disjointness, corrupt and crc-mismatched samples, and a shard cache that makes e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -77,6 +78,24 @@ def test_gcs_class_folders_pack_into_standard_tars_with_an_exact_index(folder, p
     assert seen == 36
 
 
+def test_samples_are_shuffled_into_shards_by_seed_unless_the_order_is_kept(folder, tmp_path):
+    def packed(name: str, **options) -> tuple[tuple[str, ...], list[int]]:
+        cfg = PackConfig(source=str(folder), output=str(tmp_path / name), shard_size_mb=SHARD_MB)
+        pack(dataclasses.replace(cfg, **options), Storage())
+        index = open_packed(str(tmp_path / name), Storage())
+        mixed = [len(set(index.labels[m].tolist())) for m in index.shard_members()]
+        return index.keys, mixed
+
+    kept, kept_mixed = packed("kept", keep_order=True)
+    assert list(kept) == sorted(kept)  # keys are discovered positions: class folder order
+    shuffled, mixed = packed("seed0")
+    assert sorted(shuffled) == list(kept) and list(shuffled) != list(kept)
+    assert packed("seed0-again")[0] == shuffled  # a pure function of the seed
+    assert packed("seed1", seed=1)[0] != shuffled
+    # 3 classes of 12 in shards of a few samples: in folder order most shards hold one class.
+    assert sum(mixed) / len(mixed) > sum(kept_mixed) / len(kept_mixed)
+
+
 def test_manifest_pack_reencodes_large_images_and_quarantines_bad_ones(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
@@ -94,14 +113,19 @@ def test_manifest_pack_reencodes_large_images_and_quarantines_bad_ones(tmp_path)
     )
     assert summary.merged and summary.samples == 4 and summary.quarantined == 1
     packed = open_packed(str(out), Storage())
-    shapes = []
+    shapes = {}
     for p in range(len(packed)):
         data = (out / packed.shards[packed.sample_shard[p]]).read_bytes()
         payload = data[packed.offset[p] : packed.offset[p] + packed.size[p]]
         img = Image.open(io.BytesIO(payload))
-        shapes.append((img.format, img.size))
+        shapes[packed.sources[p].rsplit("/", 1)[-1]] = (img.format, img.size)
     # Over 40 px: re-encoded as JPEG, aspect kept; the others kept as the original PNG.
-    assert shapes == [("JPEG", (40, 20)), ("PNG", (30, 20)), ("JPEG", (20, 40)), ("PNG", (24, 24))]
+    assert shapes == {
+        "img0.png": ("JPEG", (40, 20)),
+        "img1.png": ("PNG", (30, 20)),
+        "img2.png": ("JPEG", (20, 40)),
+        "img3.png": ("PNG", (24, 24)),
+    }
     report = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert [r["uri"].rsplit("/", 1)[-1] for r in report] == ["bad.jpg"]
     assert report[0]["reason"] == "not_an_image"

@@ -49,6 +49,19 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
         help="JPEG quality of re-encoded images, 1-100 (default 90)",
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="shuffle the samples with this seed before cutting shards, so that every shard "
+        "holds every class (default 0)",
+    )
+    parser.add_argument(
+        "--keep-order",
+        action="store_true",
+        help="pack in the discovered order (class folders, or the manifest's) instead",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -123,4 +136,6 @@ def pack_config(namespace: argparse.Namespace, env: Mapping[str, str]) -> PackCo
         parts=ns.parts,
         merge=not ns.no_merge,
         classes=classes,
+        seed=ns.seed,
+        keep_order=ns.keep_order,
     )

@@ -2,9 +2,11 @@
 
     summary = pack(PackConfig(source="gs://b/raw", output="gs://b/packed", max_side=448), storage)
 
-Samples keep the discovered order (class folders sorted as Keras sorts them, or manifest
-order) and are cut into shards of about `shard_size_mb` in that order, so the shards a run
-makes do not depend on timing: a re-run finds the shards already complete (their `.json`
+Samples are shuffled with `seed` (a pure function of it and the discovered order: class folders
+sorted as Keras sorts them, or manifest order), so that every shard holds a sample of every
+class and a block of a few shards makes mixed batches; `keep_order` packs in the discovered
+order instead. They are cut into shards of about `shard_size_mb` in that order, so the shards a
+run makes do not depend on timing: a re-run finds the shards already complete (their `.json`
 sidecar is written after the tar) and continues after the last one. Part `p` of `parts`
 packs the `p`-th slice of the samples (a Kubernetes Indexed Job runs one per pod); the merge
 reads every part's sidecars, writes index.json and the quarantine report, and `_SUCCESS` last.
@@ -41,6 +43,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 logger = logging.getLogger(__name__)
 
+_PACK_SALT = 0x9AC4
+
 
 @dataclasses.dataclass(frozen=True)
 class PackConfig:
@@ -55,6 +59,8 @@ class PackConfig:
     merge: bool = True  # merge when every part is done (the last step of an Indexed Job)
     classes: tuple[str, ...] | None = None
     max_pixels: int = 89_478_485
+    seed: int = 0
+    keep_order: bool = False
 
     def settings(self) -> dict[str, object]:
         """What decides the shards' content: a re-run must match it to resume."""
@@ -64,7 +70,14 @@ class PackConfig:
             "max_side": self.max_side,
             "quality": self.quality,
             "parts": self.parts,
+            "order": "source" if self.keep_order else f"shuffled:{self.seed}",
         }
+
+    def order(self, n: int) -> np.ndarray:
+        """The discovered positions in packing order."""
+        if self.keep_order:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, _PACK_SALT]).permutation(n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +190,8 @@ def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[
         )
     shard = _Shard(start)
     limit = int(cfg.shard_size_mb * (1 << 20))
-    for pos, result in _encoded(cfg, index, range(start, hi), storage):
+    order = cfg.order(len(index))[start:hi].tolist()
+    for k, (pos, result) in enumerate(_encoded(cfg, index, order, storage), start):
         if isinstance(result, Exception):
             shard.quarantined.append(
                 {
@@ -190,8 +204,8 @@ def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[
         else:
             shard.add(pos, result, int(index.labels[pos]), index.uris[pos])
         if shard.bytes >= limit:
-            _commit(cfg, storage, shard, number, stop=pos + 1)
-            number, shard = number + 1, _Shard(pos + 1)
+            _commit(cfg, storage, shard, number, stop=k + 1)
+            number, shard = number + 1, _Shard(k + 1)
     if shard.entries or shard.quarantined or number == 0:
         _commit(cfg, storage, shard, number, stop=hi)
         number += 1
@@ -208,7 +222,7 @@ def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[
 
 
 def _encoded(
-    cfg: PackConfig, index: DatasetIndex, positions: range, storage: Storage
+    cfg: PackConfig, index: DatasetIndex, positions: list[int], storage: Storage
 ) -> Iterator[tuple[int, tuple[bytes, str] | Exception]]:
     """(position, (bytes, ext) or the error) in order, a bounded window ahead on a pool."""
 
