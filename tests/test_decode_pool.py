@@ -3,6 +3,7 @@ nothing outlives: not a killed worker, not a crashing image, not a trainer kille
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import signal
@@ -128,6 +129,29 @@ def test_an_image_that_crashes_the_decoder_is_reported_and_the_rest_decode():
         with pytest.raises(ImageDecodeError, match="died on it"):
             pool.decode(b"CRASH again")
         assert np.array_equal(pool.decode(blobs[2]), out[2]), "the pool still works"
+
+
+def test_a_crash_blames_only_its_image_while_the_other_lane_is_busy():
+    # One process, two lanes: the requests in flight beside the crashing one die with it, are
+    # retried alone, and decode; only the image that kills a fresh worker twice is reported.
+    blobs = [_image(10 + k) for k in range(12)]
+    blobs[7] = b"CRASH in the middle"
+    out = np.zeros((12, *SIZE, 3), np.uint8)
+    with DecodePool(1, size=SIZE, rows=2, command=CRASHER) as pool:
+        with concurrent.futures.ThreadPoolExecutor(6) as threads:
+            parts = [
+                threads.submit(pool.run, blobs[s : s + 2], out, [s, s + 1]) for s in range(0, 12, 2)
+            ]
+            errors = {
+                s + k: e
+                for s, part in zip(range(0, 12, 2), parts, strict=True)
+                for k, e in part.result().items()
+            }
+        assert list(errors) == [7] and errors[7].reason == "crashed"
+        assert pool.restarts >= 2
+    for k, blob in enumerate(blobs):
+        if k != 7:
+            assert np.array_equal(out[k], decode_image(blob, size=SIZE)), k
 
 
 def test_nothing_outlives_a_trainer_killed_with_sigkill():

@@ -7,12 +7,14 @@
 
 Threads decode in C without the GIL, but the Python around each image (headers, EXIF, resize
 choice, array handling) runs under one lock; processes take all of it off the trainer's GIL.
-Each process owns `rows` output rows and an input area (`inbox_mb`) of one memfd: anonymous
-memory with no name in /dev/shm, so nothing outlives the processes that map it, whatever
-killed them. A worker sees end of file on its socket when the trainer dies, even by SIGKILL,
-and exits. A worker that dies is restarted; the images it held are retried one at a time, and
-one that kills a fresh worker twice is reported as `ImageDecodeError("crashed", ...)`, for
-the corrupt-sample policy.
+Each process has `lanes` (2) of `rows` output rows and an input area (`inbox_mb`) in one
+memfd: anonymous memory with no name in /dev/shm, so nothing outlives the processes that map
+it, whatever killed them. With two lanes the next request waits in the socket while a process
+decodes, so it never idles while the trainer copies rows out. A worker sees end of file on its
+socket when the trainer dies, even by SIGKILL, and exits. A worker that dies is restarted; the
+images it held are retried one at a time with nothing else in flight, and one that kills a
+fresh worker twice is reported as `ImageDecodeError("crashed", ...)`, for the corrupt-sample
+policy.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -76,12 +78,17 @@ class _WorkerDied(Exception):
 
 
 class _Worker:
-    """One decode process and the parent's end of its socket."""
+    """One decode process and the parent's end of its socket; its replies come in the order
+    the requests were sent, so each waits for its turn to read."""
 
     def __init__(
-        self, command: Sequence[str], options: dict, memfd: int, inbox: memoryview
+        self, command: Sequence[str], options: dict, memfd: int, inboxes: list[memoryview]
     ) -> None:
-        self.inbox = inbox  # this worker's input area: bytes items are copied here
+        self.inboxes = inboxes  # per lane, the input area bytes items are copied to
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._sent = self._answered = 0
+        self._dead = False
         parent, child = socket.socketpair()
         options = {**options, "socket": child.fileno(), "memory": memfd}
         self.process = subprocess.Popen(
@@ -92,26 +99,45 @@ class _Worker:
         child.close()
         self.conn = Connection(parent.detach())
 
-    def request(self, items: Sequence[Item]) -> dict:
-        header, inline, used = [], [], 0
+    def request(self, lane: int, items: Sequence[Item]) -> dict:
+        header, inline, used, inbox = [], [], 0, self.inboxes[lane]
         for item in items:
             if isinstance(item, FileRange):
                 header.append(["f", item.path, item.offset, item.size, _crc(item)])
-            elif used + len(item) <= len(self.inbox):
+            elif used + len(item) <= len(inbox):
                 # One copy into shared memory: a socket costs far more for large images.
-                self.inbox[used : used + len(item)] = item
+                inbox[used : used + len(item)] = item
                 header.append(["m", used, len(item)])
                 used += len(item)
             else:
                 header.append(["b"])
                 inline.append(item)
-        try:
-            self.conn.send_bytes(json.dumps({"items": header}).encode())
-            for item in inline:
-                self.conn.send_bytes(item)
-            return json.loads(self.conn.recv_bytes())
-        except (EOFError, OSError):
-            raise _WorkerDied from None
+        with self._send_lock:
+            ticket, self._sent = self._sent, self._sent + 1
+            try:
+                self.conn.send_bytes(json.dumps({"lane": lane, "items": header}).encode())
+                for item in inline:
+                    self.conn.send_bytes(item)
+            except OSError:
+                sent = False
+            else:
+                sent = True
+        with self._turn:
+            while self._answered != ticket and not self._dead:
+                self._turn.wait()
+            try:
+                if self._dead or not sent:
+                    raise _WorkerDied
+                return json.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                self._dead = True
+                raise _WorkerDied from None
+            except _WorkerDied:
+                self._dead = True
+                raise
+            finally:
+                self._answered += 1
+                self._turn.notify_all()
 
     def exit_reason(self) -> str:
         try:
@@ -161,6 +187,7 @@ class DecodePool:
         max_pixels: int = 89_478_485,
         resize: str = "squash",
         rows: int = 16,
+        lanes: int = 2,
         inbox_mb: int = 8,
         command: Sequence[str] | None = None,
         counters: Counters | None = None,
@@ -169,29 +196,34 @@ class DecodePool:
             raise ValueError(f"processes must be >= 1, got {processes}")
         height, width = size
         self.rows = rows
-        self._shape = (processes, rows, height, width, 3)
+        self._shape = (processes, lanes, rows, height, width, 3)
         self._command = list(command or (sys.executable, "-m", WORKER_MODULE))
         self._options = dict(
             height=height, width=width, dtype=dtype, max_pixels=max_pixels, resize=resize
         )
         out_bytes = int(np.prod(self._shape)) * np.dtype(dtype).itemsize
         inbox = inbox_mb << 20
-        self._options.update(rows=rows, inbox_offset=out_bytes, inbox_bytes=inbox)
-        nbytes = out_bytes + processes * inbox
+        self._options.update(rows=rows, lanes=lanes, inbox_offset=out_bytes, inbox_bytes=inbox)
+        nbytes = out_bytes + processes * lanes * inbox
         # Pages are allocated when first written: an inbox costs what its largest image needs.
         self._memfd = os.memfd_create("streamtrain-decode", os.MFD_CLOEXEC)
         os.ftruncate(self._memfd, nbytes)
         self._memory = mmap.mmap(self._memfd, nbytes)
         self._out = np.ndarray(self._shape, dtype, buffer=self._memory)
-        self._inboxes = [
+        areas = [
             memoryview(self._memory)[out_bytes + k * inbox : out_bytes + (k + 1) * inbox]
-            for k in range(processes)
+            for k in range(processes * lanes)
         ]
+        self._inboxes = [areas[k * lanes : (k + 1) * lanes] for k in range(processes)]
         self._lock = threading.Lock()
-        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        # Requests, and retries after a death that run with nothing else in flight.
+        self._gate = threading.Condition()
+        self._active = self._solo = 0
+        self._idle: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._workers = [self._start(slot) for slot in range(processes)]
-        for slot in range(processes):
-            self._idle.put(slot)
+        for lane in range(lanes):  # lane 0 of every process first: spread over processes
+            for slot in range(processes):
+                self._idle.put((slot, lane))
         self.counters = counters if counters is not None else Counters()
 
     @property
@@ -217,7 +249,7 @@ class DecodePool:
 
     def decode(self, data: bytes) -> np.ndarray:
         """One image's pixels (a copy); raises ImageDecodeError."""
-        out = np.empty(self._shape[2:], self._options["dtype"])
+        out = np.empty(self._shape[3:], self._options["dtype"])
         errors = self.run([data], out[None], rows=[0])
         if errors:
             raise errors[0]
@@ -243,8 +275,9 @@ class DecodePool:
                 worker.stop()
         if self._memory is not None:
             self._out = None
-            for view in self._inboxes:
-                view.release()
+            for views in self._inboxes:
+                for view in views:
+                    view.release()
             # A caller's view still alive keeps the mapping; it goes with the last reference.
             with contextlib.suppress(BufferError):
                 self._memory.close()
@@ -261,37 +294,65 @@ class DecodePool:
         options = {**self._options, "slot": slot}
         return _Worker(self._command, options, self._memfd, self._inboxes[slot])
 
-    def _run_part(
-        self, items: Sequence[Item], out: np.ndarray, rows: Sequence[int], retry: bool = True
-    ) -> dict[int, Exception]:
-        slot = self._idle.get()
-        try:
-            with self._lock:
-                worker = self._workers[slot] if self._workers else None
-            if worker is None:
-                raise RuntimeError("the decode pool is closed")
-            try:
-                reply = worker.request(items)
-            except _WorkerDied:
-                reply = None
-                reason = worker.exit_reason()
-                with self._lock:
-                    if self._workers:
-                        self._workers[slot] = self._start(slot)
-                self.counters.add("decoder_restarts")
-                logger.warning("a decode process died (%s); restarted", reason)
+    @contextlib.contextmanager
+    def _gated(self, solo: bool) -> Iterator[None]:
+        """Enter as one of many requests, or `solo`: alone, once those in flight are done."""
+        with self._gate:
+            if solo:
+                self._solo += 1
+                while self._active:
+                    self._gate.wait()
             else:
-                failed = {k: _error(r, m) for k, r, m in reply["errors"]}
-                first, n = int(rows[0]), len(items)
-                if not failed and list(rows) == list(range(first, first + n)):
-                    out[first : first + n] = self._out[slot, :n]  # one copy, no gather
-                else:
-                    ok = [k for k in range(n) if k not in failed]
-                    out[[rows[k] for k in ok]] = self._out[slot, ok]
-                self.counters.add("decode_seconds", reply["seconds"])
+                while self._solo:
+                    self._gate.wait()
+            self._active += 1
+        try:
+            yield
         finally:
-            self._idle.put(slot)
-        if reply is None:  # the slot is free again: the retries may need it
+            with self._gate:
+                self._active -= 1
+                self._solo -= solo
+                self._gate.notify_all()
+
+    def _run_part(
+        self,
+        items: Sequence[Item],
+        out: np.ndarray,
+        rows: Sequence[int],
+        retry: bool = True,
+        solo: bool = False,
+    ) -> dict[int, Exception]:
+        with self._gated(solo):
+            slot, lane = self._idle.get()
+            try:
+                with self._lock:
+                    worker = self._workers[slot] if self._workers else None
+                if worker is None:
+                    raise RuntimeError("the decode pool is closed")
+                try:
+                    reply = worker.request(lane, items)
+                except _WorkerDied:
+                    reply = None
+                    reason = worker.exit_reason()
+                    with self._lock:  # the other lane's request saw the same death
+                        restart = bool(self._workers) and self._workers[slot] is worker
+                        if restart:
+                            self._workers[slot] = self._start(slot)
+                    if restart:
+                        self.counters.add("decoder_restarts")
+                        logger.warning("a decode process died (%s); restarted", reason)
+                else:
+                    failed = {k: _error(r, m) for k, r, m in reply["errors"]}
+                    first, n, done = int(rows[0]), len(items), self._out[slot, lane]
+                    if not failed and list(rows) == list(range(first, first + n)):
+                        out[first : first + n] = done[:n]  # one copy, no gather
+                    else:
+                        ok = [k for k in range(n) if k not in failed]
+                        out[[rows[k] for k in ok]] = done[ok]
+                    self.counters.add("decode_seconds", reply["seconds"])
+            finally:
+                self._idle.put((slot, lane))
+        if reply is None:  # out of the gate: the retries run alone
             return self._after_death(items, out, rows, retry, reason)
         return failed
 
@@ -303,6 +364,7 @@ class DecodePool:
             return {0: ImageDecodeError("crashed", f"the decode process died on it ({reason})")}
         errors = {}
         for k, item in enumerate(items):
-            for error in self._run_part([item], out, [rows[k]], retry=len(items) > 1).values():
+            again = self._run_part([item], out, [rows[k]], retry=len(items) > 1, solo=True)
+            for error in again.values():
                 errors[k] = error
         return errors

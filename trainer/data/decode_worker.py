@@ -3,11 +3,13 @@
     python -m trainer.data.decode_worker '{"socket": 5, "memory": 6, "slot": 3, "rows": 16, ...}'
 
 It inherits two descriptors: a socket to its parent, and a memfd (anonymous shared memory, no
-name in /dev/shm) holding `rows` output rows from row `slot * rows` on. A request is a JSON
-header listing items, each a file range `["f", path, offset, size, crc32c or -1]`, bytes in
-the worker's input area `["m", offset, size]`, or `["b"]` (its bytes follow as the next
-message); the reply lists the items that failed as `[k, reason, message]`. A size of -1 reads
-the whole file. End of file on the socket, the parent gone, ends the process.
+name in /dev/shm) holding, for each of its `lanes`, `rows` output rows and an input area. A
+request is a JSON header naming its lane and listing items, each a file range
+`["f", path, offset, size, crc32c or -1]`, bytes in the lane's input area `["m", offset, size]`,
+or `["b"]` (its bytes follow as the next message); the reply lists the items that failed as
+`[k, reason, message]`. Requests are answered in order; the parent sends the next one on the
+other lane while this one decodes. A size of -1 reads the whole file. End of file on the
+socket, the parent gone, ends the process.
 """
 
 from __future__ import annotations
@@ -58,14 +60,16 @@ def _read_range(item: list[Any]) -> bytes:
     return data
 
 
-def serve(conn: Any, out: np.ndarray, inbox: memoryview, options: dict[str, Any]) -> None:
-    """Answer requests on `conn` until the parent closes it; pixels go to `out[k]`."""
+def serve(conn: Any, out: np.ndarray, inboxes: list[memoryview], options: dict[str, Any]) -> None:
+    """Answer requests on `conn` until the parent closes it; pixels go to `out[lane, k]`."""
     size = (options["height"], options["width"])
     while True:
         try:
-            items = json.loads(conn.recv_bytes())["items"]
+            request = json.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
+        lane, items = request["lane"], request["items"]
+        rows, inbox = out[lane], inboxes[lane]
         errors, started = [], time.perf_counter()
         for k, item in enumerate(items):
             try:
@@ -75,7 +79,7 @@ def serve(conn: Any, out: np.ndarray, inbox: memoryview, options: dict[str, Any]
                     data = conn.recv_bytes()
                 else:
                     data = _read_range(item)
-                out[k] = decode_image(
+                rows[k] = decode_image(
                     data,
                     size=size,
                     dtype=options["dtype"],
@@ -101,15 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one process per core already
     options = json.loads((argv or sys.argv[1:])[0])
-    shape = (options["rows"], options["height"], options["width"], 3)
+    lanes, slot, inbox_bytes = options["lanes"], options["slot"], options["inbox_bytes"]
+    shape = (lanes, options["rows"], options["height"], options["width"], 3)
     dtype = np.dtype(options["dtype"])
-    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
     memory = mmap.mmap(options["memory"], 0)
     os.close(options["memory"])
-    out = np.ndarray(shape, dtype, buffer=memory, offset=options["slot"] * shape[0] * row_bytes)
-    start = options["inbox_offset"] + options["slot"] * options["inbox_bytes"]
-    inbox = memoryview(memory)[start : start + options["inbox_bytes"]]
-    serve(Connection(options["socket"]), out, inbox, options)
+    out_bytes = int(np.prod(shape)) * dtype.itemsize
+    out = np.ndarray(shape, dtype, buffer=memory, offset=slot * out_bytes)
+    first = options["inbox_offset"] + slot * lanes * inbox_bytes
+    inboxes = [
+        memoryview(memory)[first + k * inbox_bytes : first + (k + 1) * inbox_bytes]
+        for k in range(lanes)
+    ]
+    serve(Connection(options["socket"]), out, inboxes, options)
     return 0
 
 
