@@ -40,12 +40,20 @@ def _holders(name: str = "streamtrain-decode") -> list[int]:
             continue
         try:
             maps = (proc / "maps").read_text()
-            fds = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            fds = list((proc / "fd").iterdir())
         except OSError:
             continue
-        if name in maps or any(name in fd for fd in fds):
+        if name in maps or any(name in _link(fd) for fd in fds):
             pids.append(int(proc.name))
     return pids
+
+
+def _link(fd: Path) -> str:
+    # A process still starting opens and closes files while we look: a gone fd is not ours.
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""
 
 
 def _gone(pids: list[int], timeout: float = 10) -> bool:
