@@ -285,6 +285,11 @@ def test_corrupt_and_crc_mismatched_samples_skip_or_fail(
     at = int(packed.offset[0]) + int(packed.size[0]) // 2
     data[at : at + 8] = bytes(8)
     storage.write(shard_uri, bytes(data))
+    # Another shard ends inside its last sample: "truncated", on threads and in processes alike.
+    cut_shard = next(s for s in range(len(packed.shards)) if s != packed.sample_shard[0])
+    cut = int(packed.shard_members()[cut_shard][-1])
+    cut_uri = packed.shard_uri(cut_shard)
+    storage.write(cut_uri, storage.read(cut_uri)[: int(packed.offset[cut]) + 10])
     report = tmp_path / "q.jsonl"
     counters = Counters()
     seq = _sequence(
@@ -299,15 +304,18 @@ def test_corrupt_and_crc_mismatched_samples_skip_or_fail(
     assert sum(len(y) for _, y in batches) == 36
     # The replacement is a sample of the same shard; every other sample is there, decoded.
     table = {}
-    for p in range(1, len(packed)):  # sample 0 no longer decodes
+    good = set(range(len(packed))) - {0, cut}
+    for p in good:
         payload = storage.read(packed.shard_uri(int(packed.sample_shard[p])))
         payload = payload[packed.offset[p] : packed.offset[p] + packed.size[p]]
         table[digest(decode_image(payload, size=SIZE))] = p
     got = [table.get(digest(r)) for x, _ in batches for r in x]
-    assert None not in got and set(got) == set(range(1, 36))
-    rows = [json.loads(line) for line in report.read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["reason"] == "corrupt" and "crc32c" in rows[0]["message"]
-    assert rows[0]["uri"].endswith(f"#{packed.keys[0]}")
+    assert None not in got and set(got) == good
+    rows = {r["uri"].rsplit("#", 1)[1]: r for r in map(json.loads, report.read_text().splitlines())}
+    assert set(rows) == {packed.keys[0], packed.keys[cut]}
+    assert rows[packed.keys[0]]["reason"] == "corrupt"
+    assert "crc32c" in rows[packed.keys[0]]["message"]
+    assert rows[packed.keys[cut]]["reason"] == "truncated"
     seq.close()
     strict = _sequence(packed, tmp_path / "s", on_corrupt="fail", shuffle=False, decoders=decoders)
     with pytest.raises(DataError, match="crc32c mismatch"):

@@ -22,10 +22,10 @@ import sys
 import time
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
 from trainer.data.decode import ImageDecodeError, decode_image
+from trainer.data.ranges import read_checked
 
 
 class _FileError(Exception):
@@ -39,8 +39,7 @@ class _FileError(Exception):
 def _read_range(item: list[Any]) -> bytes:
     _, path, offset, size, crc = item
     try:
-        with open(path, "rb") as f:
-            data = os.pread(f.fileno(), size, offset) if size >= 0 else f.read()
+        return read_checked(path, offset, size, None if crc < 0 else crc)
     except FileNotFoundError:
         raise _FileError("not_found", f"{path}: no such file or directory") from None
     except PermissionError:
@@ -49,15 +48,6 @@ def _read_range(item: list[Any]) -> bytes:
         ) from None
     except OSError as e:
         raise _FileError("os_error", f"{path}: cannot read it ({e.strerror or e})") from None
-    if size < 0:
-        return data
-    if len(data) != size:
-        raise ImageDecodeError("truncated", f"{path} ends {size - len(data)} bytes early")
-    if crc >= 0 and google_crc32c.value(data) != crc:
-        raise ImageDecodeError(
-            "corrupt", f"crc32c mismatch: the bytes in {path} differ from the index"
-        )
-    return data
 
 
 def serve(conn: Any, out: np.ndarray, inboxes: list[memoryview], options: dict[str, Any]) -> None:

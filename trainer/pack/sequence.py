@@ -19,17 +19,16 @@ import dataclasses
 import os
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
-from trainer.data.decode import ImageDecodeError
 from trainer.data.decode_pool import FileRange
 from trainer.data.index import DatasetIndex
+from trainer.data.ranges import read_checked
 from trainer.data.sequence import ImageSequence
 from trainer.errors import StorageNotFoundError
 from trainer.pack.format import PackedIndex
 from trainer.pack.plan import ShardPlan
-from trainer.pack.shards import ShardCache, read_range
+from trainer.pack.shards import ShardCache
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,16 +61,12 @@ class PackedSplit(DatasetIndex):
         )
 
     def read_sample(self, position: int) -> bytes:
-        """The bytes of sample `position`, checked against the index's crc32c."""
+        """The bytes of sample `position`, checked against the index's size and crc32c."""
         packed, p = self.packed, int(self.positions[position])
         shard_uri = packed.shard_uri(int(packed.sample_shard[p]))
         with self.shard_cache.opened(shard_uri) as path:
-            data = read_range(path, int(packed.offset[p]), int(packed.size[p]))
-        if google_crc32c.value(data) != int(packed.crc32c[p]):
-            raise ImageDecodeError(
-                "corrupt", f"crc32c mismatch: the bytes in {shard_uri} differ from the index"
-            )
-        return data
+            where, size, crc = int(packed.offset[p]), int(packed.size[p]), int(packed.crc32c[p])
+            return read_checked(path, where, size, crc, name=shard_uri)
 
 
 class PackedSequence(ImageSequence):

@@ -3,13 +3,13 @@
     cache = ShardCache("/var/cache/shards", max_bytes=50 << 30, storage=storage)
     cache.prefetch(uri)              # start the download on the cache's pool
     with cache.opened(uri) as path:  # wait for it; never evicted while open
-        data = read_range(path, offset, size)
+        data = read_range(path, offset, size)  # trainer.data.ranges
 
-Local shards are read where they are, never copied. `download_threads` (4) fetch a block of
-4 shards at once. gs:// shards come through
-`Storage.download_file` (google-cloud-storage's sliced download) into a temp name and are
-renamed into place, so a killed job leaves no half shard that a restart would trust; files
-left from an earlier run are reused, oldest first to go.
+Local shards are read where they are, never copied. gs:// shards come through
+`Storage.download_file` (google-cloud-storage's sliced download), `download_threads` (4: a
+block of 4 shards at once) at a time, into a temp name and are renamed into place, so a killed
+job leaves no half shard that a restart would trust; files left from an earlier run are
+reused, oldest first to go.
 """
 
 from __future__ import annotations
@@ -27,15 +27,6 @@ from trainer.data.counters import Counters
 from trainer.data.storage import Storage, is_gcs
 
 logger = logging.getLogger(__name__)
-
-
-def read_range(path: str, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset` of the file (pread: no shared file position, GIL released)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
 
 
 class ShardCache:
