@@ -42,9 +42,11 @@ image-test: install image
 	$(BIN)/pytest -q -s tests/test_image.py
 
 # The whole reliability suite, fast and full parts; rewrites docs/reliability.md from its rows.
+# Then the other `full` tests: slow repeats of what `make test` covers once.
 reliability: install tools
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md \
 		$(BIN)/pytest -q tests/reliability
+	$(BIN)/pytest -q -m full --ignore=tests/reliability tests
 
 lint: install
 	$(BIN)/ruff check .

@@ -71,6 +71,7 @@ def test_metrics_people_read(six, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # 4 runs; make test checks the seeded draw in test_augment, resumes elsewhere
 def test_augmentation_is_drawn_from_seed_and_step_so_a_resumed_run_matches(six, tmp_path):
     args = ("--data", six, "--epochs", "2", "--augment", "strong", "--checkpoint-every", "1",
             *COMMON)  # fmt: skip
