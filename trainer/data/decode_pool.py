@@ -126,15 +126,11 @@ class _Worker:
             while self._answered != ticket and not self._dead:
                 self._turn.wait()
             try:
-                if self._dead or not sent:
-                    raise _WorkerDied
-                return json.loads(self.conn.recv_bytes())
-            except (EOFError, OSError):
-                self._dead = True
-                raise _WorkerDied from None
-            except _WorkerDied:
-                self._dead = True
-                raise
+                if sent and not self._dead:
+                    with contextlib.suppress(EOFError, OSError):
+                        return json.loads(self.conn.recv_bytes())
+                self._dead = True  # every request still waiting on this process fails too
+                raise _WorkerDied
             finally:
                 self._answered += 1
                 self._turn.notify_all()
