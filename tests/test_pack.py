@@ -15,7 +15,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from trainer.data.counters import Counters
 from trainer.data.decode import decode_image
@@ -113,12 +113,14 @@ def test_manifest_pack_reencodes_large_images_and_quarantines_bad_ones(tmp_path)
     )
     assert summary.merged and summary.samples == 4 and summary.quarantined == 1
     packed = open_packed(str(out), Storage())
-    shapes = {}
+    shapes, sampling = {}, set()
     for p in range(len(packed)):
         data = (out / packed.shards[packed.sample_shard[p]]).read_bytes()
         payload = data[packed.offset[p] : packed.offset[p] + packed.size[p]]
         img = Image.open(io.BytesIO(payload))
         shapes[packed.sources[p].rsplit("/", 1)[-1]] = (img.format, img.size)
+        if img.format == "JPEG":
+            sampling.add(JpegImagePlugin.get_sampling(img))
     # Over 40 px: re-encoded as JPEG, aspect kept; the others kept as the original PNG.
     assert shapes == {
         "img0.png": ("JPEG", (40, 20)),
@@ -126,6 +128,7 @@ def test_manifest_pack_reencodes_large_images_and_quarantines_bad_ones(tmp_path)
         "img2.png": ("JPEG", (20, 40)),
         "img3.png": ("PNG", (24, 24)),
     }
+    assert sampling == {2}, "re-encoded with 4:2:0 chroma (simplejpeg's own default is 4:4:4)"
     report = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     assert [r["uri"].rsplit("/", 1)[-1] for r in report] == ["bad.jpg"]
     assert report[0]["reason"] == "not_an_image"

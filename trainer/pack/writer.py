@@ -44,6 +44,9 @@ except ImportError:  # pragma: no cover - depends on the installation
 logger = logging.getLogger(__name__)
 
 _PACK_SALT = 0x9AC4
+# Re-encoded images keep colour at half resolution, as camera JPEGs, ImageNet and Pillow's
+# default do: simplejpeg's own default is 4:4:4, which decodes about 20 % slower and is larger.
+_CHROMA = "4:2:0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,7 @@ class PackConfig:
             "shard_size_mb": self.shard_size_mb,
             "max_side": self.max_side,
             "quality": self.quality,
+            "chroma": _CHROMA,
             "parts": self.parts,
             "order": "source" if self.keep_order else f"shuffled:{self.seed}",
         }
@@ -136,11 +140,13 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
     if simplejpeg is not None:
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(pixels), quality=quality)
+        return simplejpeg.encode_jpeg(
+            np.ascontiguousarray(pixels), quality=quality, colorsubsampling=_CHROMA.replace(":", "")
+        )
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality, subsampling=_CHROMA)
     return buf.getvalue()
 
 
