@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 FAULT_KINDS = ("status_503", "status_429", "reset", "truncate", "stall")
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded;
-# Content-Length is recomputed because the proxy sends the body it read in full.
+# Content-Length is set by the proxy for the body it sends.
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -93,6 +93,7 @@ class _Options:
         self.max_faults: int | None = None
         self.answer_status = 403
         self.answer_paths: re.Pattern[str] | None = None
+        self.hold_bodies_after: int | None = None
 
 
 class FaultProxy:
@@ -107,6 +108,8 @@ class FaultProxy:
       max_faults   stop injecting after this many faults in total (None: no cap)
       answer_paths regex searched in "METHOD path?query"; matching requests get answer_status
       answer_status  the status answered to them (default 403), upstream not called
+      hold_bodies_after  relayed bodies pause once this many bytes are out, until it is set
+                   back to None (a download caught half way, deterministically)
     `seed` makes the sequence of fault draws reproducible; `max_workers` bounds the threads that
     serve connections (one per open keep-alive connection), `idle_timeout_s` closes idle ones;
     `recent_size` bounds the log of request lines that `recent_requests()` returns.
@@ -258,6 +261,14 @@ class FaultProxy:
                 opts.truncate_length,
             )
 
+    def _hold(self, sent: int) -> None:
+        """Wait while `hold_bodies_after` is set and `sent` bytes have reached it."""
+        while True:
+            with self._lock:
+                at = self._options.hold_bodies_after
+            if at is None or sent < at or self._stopping.wait(0.02):
+                return
+
     def _count(self, name: str) -> None:
         with self._lock:
             self._stats[name] += 1
@@ -399,9 +410,12 @@ def _make_handler(proxy: FaultProxy, idle_timeout_s: float) -> type[BaseHTTPRequ
                     allow_redirects=False,
                     timeout=proxy._upstream_timeout_s,
                 )
-                # Raw bytes, not decoded: the client gets exactly what the upstream sent.
-                content = resp.raw.read(decode_content=False)
-                resp.close()
+                length = resp.headers.get("Content-Length")
+                # Raw bytes, not decoded: the client gets exactly what the upstream sent. A
+                # body of known length is relayed as it arrives (a MiB at a time), like a
+                # real endpoint; a truncated one is read whole first, to cut it in half.
+                streamed = length is not None and not truncate and self.command != "HEAD"
+                content = b"" if streamed else resp.raw.read(decode_content=False)
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 proxy._count("upstream_errors")
                 logger.warning("fault proxy: upstream %s failed: %s", upstream, exc)
@@ -409,25 +423,38 @@ def _make_handler(proxy: FaultProxy, idle_timeout_s: float) -> type[BaseHTTPRequ
                 return
             proxy._count("forwarded")
 
-            self.send_response_only(resp.status_code, resp.reason)
-            for name, value in resp.headers.items():
-                if name.lower() not in _HOP_BY_HOP:
-                    self.send_header(name, value)
-            if truncate:
-                # The full length is announced (unless told not to) so the client can notice
-                # the short body; the connection then ends with a clean FIN, like a server or
-                # load balancer that gave up mid-body.
-                if keep_length:
-                    self.send_header("Content-Length", str(len(content)))
-                self.send_header("Connection", "close")
+            with resp:
+                self.send_response_only(resp.status_code, resp.reason)
+                for name, value in resp.headers.items():
+                    if name.lower() not in _HOP_BY_HOP:
+                        self.send_header(name, value)
+                if truncate:
+                    # The full length is announced (unless told not to) so the client can
+                    # notice the short body; the connection then ends with a clean FIN, like a
+                    # server or load balancer that gave up mid-body.
+                    if keep_length:
+                        self.send_header("Content-Length", str(len(content)))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(content[: len(content) // 2])
+                    self.close_connection = True
+                    return
+                self.send_header("Content-Length", length if streamed else str(len(content)))
                 self.end_headers()
-                self.wfile.write(content[: len(content) // 2])
-                self.close_connection = True
-                return
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(content)
+                if not streamed:
+                    if self.command != "HEAD":
+                        self.wfile.write(content)
+                    return
+                sent = 0
+                try:
+                    while chunk := resp.raw.read(1 << 20, decode_content=False):
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        proxy._hold(sent)
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    # Headers are out: all the proxy can do is end the connection early.
+                    logger.warning("fault proxy: upstream %s broke mid-body: %s", upstream, exc)
+                    self.close_connection = True
 
         # BaseHTTPRequestHandler dispatches on do_<METHOD>.
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle

@@ -110,17 +110,22 @@ def is_transient(exc: BaseException) -> bool:
     return status is not None and status in _RETRYABLE_STATUS
 
 
-def verify_crc32c(data: bytes, goog_hash: str) -> None:
-    """Raise a retryable error when the body's crc32c differs from the server's x-goog-hash."""
+def crc32c_of(goog_hash: str) -> int | None:
+    """The crc32c in an x-goog-hash header ("crc32c=...,md5=..."), None when it has none."""
     for part in goog_hash.split(","):
         name, _, value = part.strip().partition("=")
         if name == "crc32c" and value:
-            expected = int.from_bytes(base64.b64decode(value), "big")
-            if google_crc32c.value(data) != expected:
-                raise ConnectionError(
-                    f"crc32c mismatch: got {len(data)} bytes that do not match x-goog-hash"
-                )
-            return
+            return int.from_bytes(base64.b64decode(value), "big")
+    return None
+
+
+def verify_crc32c(data: bytes, goog_hash: str) -> None:
+    """Raise a retryable error when the body's crc32c differs from the server's x-goog-hash."""
+    expected = crc32c_of(goog_hash)
+    if expected is not None and google_crc32c.value(data) != expected:
+        raise ConnectionError(
+            f"crc32c mismatch: got {len(data)} bytes that do not match x-goog-hash"
+        )
 
 
 def describe(exc: BaseException) -> str:

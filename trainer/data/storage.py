@@ -27,29 +27,29 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
+import google_crc32c
 from google.api_core import exceptions as api_exceptions
 
 from trainer.data.counters import Counters
 from trainer.data.gcs import (
-    EMULATOR_ENV,
     GCS_SCHEME,
     GcsConnection,
+    crc32c_of,
     is_gcs,
     join,
     split_gcs,
     verify_crc32c,
 )
 from trainer.data.localfs import local_call, read_file, remove_file, replace_tree, write_file
-from trainer.errors import (
-    StorageNotFoundError,
-    StoragePermissionError,
-    StorageUnavailableError,
-)
+from trainer.errors import StorageNotFoundError
 
 logger = logging.getLogger(__name__)
 __all__ = ["Storage", "is_gcs", "join", "split_gcs"]
+
+_DOWNLOAD_READ = 1 << 20  # bytes per read of a download: few Python steps, little memory
 
 
 class Storage:
@@ -95,6 +95,13 @@ class Storage:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _media(self, uri: str) -> tuple[Any, str]:
+        """The client's authorized session and the JSON API's media URL of object `uri`."""
+        bucket, key = split_gcs(uri)
+        session = self._gcs.client()._http  # sets the endpoint
+        path = f"b/{quote(bucket, safe='')}/o/{quote(key, safe='')}"
+        return session, f"{self._gcs.endpoint}/download/storage/v1/{path}?alt=media"
 
     def _count_fetch(self, nbytes: int, started: float) -> None:
         if self._counters is not None:
@@ -159,12 +166,7 @@ class Storage:
         if not is_gcs(uri):
             data = local_call(uri, "read", lambda: read_file(uri))
         else:
-            bucket, key = split_gcs(uri)
-            session = self._gcs.client()._http
-            url = (
-                f"{self._gcs.endpoint}/download/storage/v1/b/{quote(bucket, safe='')}"
-                f"/o/{quote(key, safe='')}?alt=media"
-            )
+            session, url = self._media(uri)
 
             # One authorized GET of the JSON API's media endpoint per attempt, retried here
             # around whole downloads. `Blob.download_as_bytes` costs about 2 ms of CPU per
@@ -287,76 +289,70 @@ class Storage:
         os.makedirs(local_dir, exist_ok=True)
         self._parallel(download, objects)
 
-    def download_file(self, uri: str, path: str, *, chunk_mb: int = 32, workers: int = 8) -> int:
-        """Copy one (large) object to the local file `path` atomically; returns its size.
+    def download_file(
+        self, uri: str, path: str, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Write object `uri` into the local file `path`, front to back; returns its size.
 
-        gs:// objects come with google-cloud-storage's sliced download
-        (`transfer_manager.download_chunks_concurrently`: one metadata GET, then ranged GETs of
-        `chunk_mb` on `workers` threads, crc32c over the whole); an endpoint that refuses
-        ranged reads falls back to one plain download. Each slice is read in one piece
-        (`single_shot_download`), so up to `workers` × `chunk_mb` is held in memory: the
-        library's default 8 KiB read loop costs about a core per 90 MB/s, here 3.5 × the CPU.
+        Not atomic: the caller names a temporary `path` and renames or links it when this
+        returns. `progress(n)` is called each time the first `n` bytes are in the file, so a
+        reader may use them before the rest arrives (the shard cache does). A gs:// object is
+        one GET of the media endpoint, read a MiB at a time; a transfer that breaks resumes at
+        the bytes already written (a Range request of the same generation) under the retry
+        policy, and the whole body is checked against the crc32c in x-goog-hash at the end.
+        google-cloud-storage's sliced download (`transfer_manager`) was used before: it costs
+        a metadata request first and tells nothing until a whole slice is in, and its reads
+        either loop over 8 KiB (a core per 90 MB/s) or hold the slice in memory.
         """
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         started = time.perf_counter()
-        try:
-            if not is_gcs(uri):
-                local_call(uri, "read", lambda: shutil.copyfile(uri, tmp))
-            else:
-                self._gcs_download(uri, tmp, chunk_mb=chunk_mb, workers=workers)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        size = os.path.getsize(path)
+        if not is_gcs(uri):
+            local_call(uri, "read", lambda: shutil.copyfile(uri, path))
+            size = os.path.getsize(path)
+            if progress is not None:
+                progress(size)
+        else:
+            size = self._gcs_download(uri, path, progress or (lambda n: None))
         self._count_fetch(size, started)
         return size
 
-    def _gcs_download(self, uri: str, tmp: str, *, chunk_mb: int, workers: int) -> None:
-        from google.cloud.storage import transfer_manager
+    def _gcs_download(self, uri: str, path: str, progress: Callable[[int], None]) -> int:
+        session, url = self._media(uri)
+        state = {"written": 0, "crc": google_crc32c.Checksum(), "hash": "", "generation": ""}
 
-        bucket, key = split_gcs(uri)
-        blob = self._gcs.client().bucket(bucket).blob(key)
-        permission = "storage.objects.get (roles/storage.objectViewer)"
-        self._gcs.call(
-            uri,
-            "read the object's metadata",
-            lambda: blob.reload(retry=self._gcs.retry, timeout=self._gcs.timeout),
-            permission,
-        )
-        if os.environ.get(EMULATOR_ENV):
-            # The library downloads from the object's mediaLink, which an emulator fills with
-            # the address it was *uploaded* through; real GCS names its own endpoint there.
-            blob._properties.pop("mediaLink", None)
+        def attempt() -> None:
+            written, headers, where = state["written"], {}, url
+            if written:
+                headers["Range"] = f"bytes={written}-"
+                if state["generation"]:
+                    where = f"{url}&generation={state['generation']}"
+            with session.get(where, headers=headers, stream=True, timeout=self._gcs.timeout) as r:
+                if r.status_code not in (200, 206):
+                    raise api_exceptions.from_http_response(r)
+                if r.status_code == 200 and written:  # the Range was ignored: from the start
+                    written, state["crc"] = 0, google_crc32c.Checksum()
+                if r.status_code == 200:
+                    state["hash"] = r.headers.get("x-goog-hash", "")
+                    state["generation"] = r.headers.get("x-goog-generation", "")
+                f.seek(written)
+                while chunk := r.raw.read(_DOWNLOAD_READ, decode_content=False):
+                    f.write(chunk)
+                    f.flush()  # readers pread the file while it grows
+                    state["crc"].update(chunk)
+                    written = state["written"] = written + len(chunk)
+                    progress(written)
+            expected = crc32c_of(state["hash"])
+            if expected is not None and int.from_bytes(state["crc"].digest(), "big") != expected:
+                state["written"], state["crc"] = 0, google_crc32c.Checksum()
+                raise ConnectionError(f"crc32c mismatch: {written} bytes differ from x-goog-hash")
 
-        def sliced() -> None:
-            transfer_manager.download_chunks_concurrently(
-                blob,
-                tmp,
-                chunk_size=chunk_mb << 20,
-                worker_type=transfer_manager.THREAD,
-                max_workers=max(1, min(workers, -(-(blob.size or 1) // (chunk_mb << 20)))),
-                download_kwargs={
-                    "retry": self._gcs.retry,
-                    "timeout": self._gcs.timeout,
-                    "single_shot_download": True,
-                },
-            )
-
-        try:
-            self._gcs.call(uri, "read the object", sliced, permission)
-        except (StorageNotFoundError, StoragePermissionError, StorageUnavailableError):
-            raise
-        except Exception as e:  # e.g. an endpoint that answers a Range request with 200
-            logger.warning("%s: sliced download failed (%s); one plain download instead", uri, e)
+        with open(path, "wb") as f:
             self._gcs.call(
                 uri,
                 "read the object",
-                lambda: blob.download_to_filename(
-                    tmp, retry=self._gcs.retry, timeout=self._gcs.timeout, checksum="crc32c"
-                ),
-                permission,
+                self._gcs.retry(attempt),
+                "storage.objects.get (roles/storage.objectViewer)",
             )
+        return state["written"]
 
     def check_writable(self, uri: str) -> None:
         """Fail fast if `uri` (a directory / prefix) cannot be written: write and delete a probe."""

@@ -8,7 +8,11 @@ Workers own disjoint shards (every N-th of a seeded permutation, the same in eve
 their shard caches hit from epoch 2 on). Each epoch a worker permutes its shards, cuts them into
 blocks of `block_shards`, and shuffles the samples inside each block (the idea of MosaicML
 Streaming's py1e): a worker reads a few whole shards at a time, sequentially, and its order is
-still shuffled across shards. Steps and batch sizes are equal on every worker, as in
+still shuffled across shards. A block is read in `block_windows` windows, each shuffling the
+next 1/`block_windows` of every shard in it, front to back: the first samples of a block need
+only the start of each of its shards, so they decode while the rest downloads. `trainer pack`
+shuffles the samples into shards, so each window is still a random draw from the dataset, as
+from a shuffle buffer of its size. Steps and batch sizes are equal on every worker, as in
 `trainer.data.sampling.BatchPlan`: `pad` sizes every worker's epoch to the largest worker's
 sample count (repeating the first samples of the epoch), `drop` to the smallest's.
 """
@@ -40,6 +44,7 @@ class ShardPlan(EpochPlan):
     remainder: str = "pad"
     shuffle: bool = True
     block_shards: int = 4
+    block_windows: int = 8
 
     def __post_init__(self) -> None:
         if self.remainder not in REMAINDER_POLICIES:
@@ -49,6 +54,8 @@ class ShardPlan(EpochPlan):
                 f"batch size {self.batch_size} is not a multiple of the "
                 f"{self.replica_multiple} replicas"
             )
+        if self.block_shards < 1 or self.block_windows < 1:
+            raise ValueError("block_shards and block_windows must be at least 1")
         if not 0 <= self.worker_index < self.worker_count:
             raise ValueError(f"worker {self.worker_index} not in [0, {self.worker_count})")
         used = [i for i, m in enumerate(self.shard_members) if len(m)]
@@ -107,10 +114,13 @@ def _epoch_order(plan: ShardPlan, epoch: int) -> np.ndarray:
     rng = np.random.default_rng([plan.seed, _EPOCH_SALT, epoch, plan.worker_index, 1])
     blocks = []
     for start in range(0, len(shards), plan.block_shards):
-        block = np.concatenate(
-            [plan.shard_members[s] for s in shards[start : start + plan.block_shards]]
-        )
-        blocks.append(rng.permutation(block) if plan.shuffle else block)
+        members = [plan.shard_members[s] for s in shards[start : start + plan.block_shards]]
+        if not plan.shuffle:
+            blocks.append(np.concatenate(members))
+            continue
+        pieces = [np.array_split(m, plan.block_windows) for m in members]
+        for window in zip(*pieces, strict=True):
+            blocks.append(rng.permutation(np.concatenate(window)))
     order = np.resize(np.concatenate(blocks), plan.samples_per_epoch)
     order.flags.writeable = False
     return order

@@ -64,8 +64,8 @@ class PackedSplit(DatasetIndex):
         """The bytes of sample `position`, checked against the index's size and crc32c."""
         packed, p = self.packed, int(self.positions[position])
         shard_uri = packed.shard_uri(int(packed.sample_shard[p]))
-        with self.shard_cache.opened(shard_uri) as path:
-            where, size, crc = int(packed.offset[p]), int(packed.size[p]), int(packed.crc32c[p])
+        where, size, crc = int(packed.offset[p]), int(packed.size[p]), int(packed.crc32c[p])
+        with self.shard_cache.opened(shard_uri, upto=where + size) as path:
             return read_checked(path, where, size, crc, name=shard_uri)
 
 
@@ -92,7 +92,7 @@ class PackedSequence(ImageSequence):
 
     def _make_plan(self, **options: Any) -> ShardPlan:
         shard_of = self.packed.sample_shard[self._where]
-        order = np.argsort(shard_of, kind="stable")  # positions grouped by shard, in shard order
+        order = np.lexsort((self.packed.offset[self._where], shard_of))  # by shard, then offset
         counts = np.bincount(shard_of, minlength=len(self.packed.shards))
         members = tuple(np.split(order, np.cumsum(counts)[:-1]))
         return ShardPlan(
@@ -117,20 +117,25 @@ class PackedSequence(ImageSequence):
     def _file_ranges(
         self, positions: np.ndarray, pins: contextlib.ExitStack
     ) -> list[FileRange | Exception]:
-        """Where each sample lies in its shard, the shards pinned in the cache for `pins`."""
+        """Where each sample lies in its shard, the shards pinned in the cache for `pins`
+        (those still downloading once they hold these samples)."""
         packed, where = self.packed, self._where[positions]
         shards = packed.sample_shard[where].tolist()
+        offsets, sizes = packed.offset[where].tolist(), packed.size[where].tolist()
+        ends: dict[int, int] = {}
+        for shard, o, n in zip(shards, offsets, sizes, strict=True):
+            ends[shard] = max(ends.get(shard, 0), o + n)
         paths: dict[int, str | Exception] = {}
-        for shard in set(shards):
+        for shard, end in ends.items():
+            uri = packed.shard_uri(shard)
             try:
-                paths[shard] = pins.enter_context(self.shard_cache.opened(packed.shard_uri(shard)))
+                paths[shard] = pins.enter_context(self.shard_cache.opened(uri, upto=end))
             except StorageNotFoundError as e:
                 paths[shard] = e
-        columns = (packed.offset[where].tolist(), packed.size[where].tolist())
         crcs = packed.crc32c[where].tolist()
         return [
             path if isinstance(path := paths[shard], Exception) else FileRange(path, o, n, c)
-            for shard, o, n, c in zip(shards, *columns, crcs, strict=True)
+            for shard, o, n, c in zip(shards, offsets, sizes, crcs, strict=True)
         ]
 
     def download_ahead(self, *, epoch: int, index: int) -> None:
