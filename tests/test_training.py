@@ -137,6 +137,9 @@ def test_two_workers_stay_in_sync_and_each_reads_half(shapes, tmp_path):
     assert not (out / "quarantine").exists()
 
 
+# `make test` covers this with reliability/test_preemption.py's "SIGTERM in the middle of epoch 1"
+# (the same trace and weights check) and test_image.py's SIGTERM to a container.
+@pytest.mark.full
 def test_sigterm_mid_epoch_then_restart_reproduces_the_uninterrupted_run(shapes, tmp_path):
     args = (
         "--data",
