@@ -203,6 +203,13 @@ def _table(packed, storage):
     return table
 
 
+def _wait_downloaded(seq, packed, shards):
+    """Samples are read while their shards still download: wait for the tars' last bytes."""
+    for shard in shards:
+        with seq.shard_cache.opened(packed.shard_uri(shard)):
+            pass
+
+
 def _epoch(seq, table, epoch):
     got = []
     for i in range(len(seq)):
@@ -232,9 +239,7 @@ def test_each_sample_once_per_epoch_in_blocks_resumable_and_cached(
         packed, tmp_path, counters=counters, remainder="drop", batch_size=6, decoders=decoders
     )
     e0 = _epoch(seq, table, 0)
-    for shard in range(len(packed.shards)):  # samples are read while shards still download:
-        with seq.shard_cache.opened(packed.shard_uri(shard)):  # wait for the tar's last bytes
-            pass
+    _wait_downloaded(seq, packed, range(len(packed.shards)))
     requests_epoch0 = proxy.stats()["requests"]
     assert sorted(p for p, _ in e0) == list(range(36))
     assert all(packed.labels[p] == y for p, y in e0)
@@ -270,9 +275,7 @@ def test_two_workers_read_disjoint_shards_with_equal_steps(packed_gcs, tmp_path)
         steps.append(len(seq))
         seen.append(samples)
         shards = {int(packed.sample_shard[p]) for p in samples}
-        for shard in shards:  # the last bytes of a tar may still be arriving
-            with seq.shard_cache.opened(packed.shard_uri(shard)):
-                pass
+        _wait_downloaded(seq, packed, shards)
         assert counters.get("shard_downloads") == len(shards) == len(seq.plan.shards)
         seq.close()
     assert steps[0] == steps[1]
