@@ -4,6 +4,10 @@
 its own shard's batches split into `local_replicas` chunks, which the strategy hands out one
 per replica. An exception raised inside a generator reaches the step as a bare TF error, so
 the original is kept in `input_error` for the loop to re-raise with its own message.
+
+The pixels are not copied on the way: the Sequences' batches are 64-byte aligned
+(`BatchBuffers`), and so is every per-replica slice of them whose row bytes allow it, which
+`from_generator` then wraps as a tensor as it is. A slice that is not gets one aligned copy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.data.batch_buffers import aligned_empty, is_aligned
 from trainer.data.sequence import ImageSequence
 from trainer.distribute.strategy import StrategySetup
 
@@ -23,7 +28,17 @@ def split_per_replica(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts:
     size = len(y) // parts
     for k in range(parts):
         piece = slice(k * size, (k + 1) * size)
-        yield (x[piece], y[piece]) if w is None else (x[piece], y[piece], w[piece])
+        pixels = x[piece]
+        if not is_aligned(pixels):  # e.g. 299 px rows: TensorFlow would copy it, slowly
+            pixels = aligned_copy(pixels)
+        yield (pixels, y[piece]) if w is None else (pixels, y[piece], w[piece])
+
+
+def aligned_copy(x: np.ndarray) -> np.ndarray:
+    """`x` in memory TensorFlow takes without another copy."""
+    out = aligned_empty(x.shape, x.dtype)
+    np.copyto(out, x)
+    return out
 
 
 class Feed:
