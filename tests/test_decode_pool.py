@@ -234,3 +234,25 @@ def test_image_sequence_batches_equal_the_threads_with_bad_and_vanished_files(
     assert len(got) == len(want) == 8
     for (xa, ya), (xb, yb) in zip(want, got, strict=True):
         assert np.array_equal(ya, yb) and np.array_equal(xa, xb)
+
+
+def test_urgent_requests_go_before_those_already_waiting():
+    blob = _image(5)
+    done: list[str] = []
+    with DecodePool(1, size=SIZE, lanes=1, command=CRASHER) as pool:
+
+        def decode(name: str, data: bytes, urgent: bool = False) -> None:
+            out = np.empty((1, *SIZE, 3), np.uint8)
+            assert pool.run([data], out, rows=[0], urgent=urgent) == {}
+            assert np.array_equal(out[0], decode_image(blob, size=SIZE))
+            done.append(name)
+
+        with concurrent.futures.ThreadPoolExecutor(5) as threads:
+            busy = threads.submit(decode, "busy", b"SLOW" + blob)  # holds the only lane
+            time.sleep(0.3)
+            waiting = [threads.submit(decode, f"train{k}", blob) for k in range(3)]
+            time.sleep(0.3)  # all three wait for the lane now
+            urgent = threads.submit(decode, "eval", blob, True)
+            for future in [busy, *waiting, urgent]:
+                future.result(timeout=30)
+    assert done[:2] == ["busy", "eval"], done

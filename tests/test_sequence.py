@@ -265,3 +265,20 @@ def test_resize_mode_reaches_the_decoder(folder, resize):
     assert not np.array_equal(x, np.stack(squashed)), "the mode changed the pixels"
     with pytest.raises(ValueError, match="resize"):
         ImageSequence(index, batch_size=3, image_size=SIZE, resize="stretch")
+
+
+def test_batches_are_aligned_reused_and_never_overwritten_while_held(folder):
+    from trainer.data.batch_buffers import is_aligned
+
+    index = discover(str(folder), storage=Storage())
+    table = identify(index, Storage())
+    with ImageSequence(index, batch_size=4, image_size=SIZE, prefetch_batches=2, epochs=4) as seq:
+        held = [seq.get_batch(epoch=0, index=i) for i in range(len(seq))]  # kept: never reused
+        before = [[table[digest(row)] for row in x] for x, _ in held]
+        for epoch in range(1, 4):
+            for i in range(len(seq)):
+                x, _ = seq.get_batch(epoch=epoch, index=i)
+                assert is_aligned(x)
+        assert [[table[digest(row)] for row in x] for x, _ in held] == before
+        # Epochs 1-3 ran on released buffers: the look-ahead, the batch in hand and a few more.
+        assert seq._buffers.allocated < len(seq) + 3 * len(seq) // 2

@@ -1,4 +1,5 @@
-"""The real decode worker, except that bytes starting with b"CRASH" kill it (SIGSEGV).
+"""The real decode worker, except that bytes starting with b"CRASH" kill it (SIGSEGV) and
+bytes starting with b"SLOW" hold it for a second, then decode what follows.
 
 DecodePool(2, size=(16, 16), command=[sys.executable, crashing_decoder.__file__])
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from trainer.data import decode_worker
 
@@ -17,6 +19,9 @@ _real = decode_worker.decode_image
 def _crashing(data: bytes, **options: object):
     if bytes(data[:5]) == b"CRASH":
         os.kill(os.getpid(), signal.SIGSEGV)
+    if bytes(data[:4]) == b"SLOW":
+        time.sleep(1.0)
+        data = data[4:]
     return _real(data, **options)
 
 

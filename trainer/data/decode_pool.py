@@ -19,13 +19,13 @@ policy.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import logging
 import mmap
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -215,11 +215,11 @@ class DecodePool:
         # Requests, and retries after a death that run with nothing else in flight.
         self._gate = threading.Condition()
         self._active = self._solo = 0
-        self._idle: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        # Idle (process, lane) pairs, lane 0 of every process first: spread over processes.
+        self._idle = collections.deque((s, k) for k in range(lanes) for s in range(processes))
+        self._idle_changed = threading.Condition()
+        self._urgent_waiting = 0
         self._workers = [self._start(slot) for slot in range(processes)]
-        for lane in range(lanes):  # lane 0 of every process first: spread over processes
-            for slot in range(processes):
-                self._idle.put((slot, lane))
         self.counters = counters if counters is not None else Counters()
 
     @property
@@ -243,23 +243,24 @@ class DecodePool:
         if mine != wanted:
             raise ValueError(f"the decode pool decodes with {mine}, not {wanted}")
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, *, urgent: bool = False) -> np.ndarray:
         """One image's pixels (a copy); raises ImageDecodeError."""
         out = np.empty(self._shape[3:], self._options["dtype"])
-        errors = self.run([data], out[None], rows=[0])
+        errors = self.run([data], out[None], rows=[0], urgent=urgent)
         if errors:
             raise errors[0]
         return out
 
     def run(
-        self, items: Sequence[Item], out: np.ndarray, rows: Sequence[int]
+        self, items: Sequence[Item], out: np.ndarray, rows: Sequence[int], *, urgent: bool = False
     ) -> dict[int, Exception]:
         """Decode `items[k]` into `out[rows[k]]`; the failures, by k (their rows are left as is):
-        ImageDecodeError, or for a file the error the Storage would raise."""
+        ImageDecodeError, or for a file the error the Storage would raise. `urgent` requests
+        (evaluation, which the step waits for) are sent before any other waiting one."""
         errors: dict[int, Exception] = {}
         for start in range(0, len(items), self.rows):
-            part = items[start : start + self.rows]
-            for k, error in self._run_part(part, out, rows[start : start + self.rows]).items():
+            part, part_rows = items[start : start + self.rows], rows[start : start + self.rows]
+            for k, error in self._run_part(part, out, part_rows, urgent=urgent).items():
                 errors[start + k] = error
         return errors
 
@@ -310,6 +311,21 @@ class DecodePool:
                 self._solo -= solo
                 self._gate.notify_all()
 
+    def _take_idle(self, urgent: bool) -> tuple[int, int]:
+        with self._idle_changed:
+            self._urgent_waiting += urgent
+            try:
+                while not self._idle or (self._urgent_waiting and not urgent):
+                    self._idle_changed.wait()
+                return self._idle.popleft()
+            finally:
+                self._urgent_waiting -= urgent
+
+    def _put_idle(self, pair: tuple[int, int]) -> None:
+        with self._idle_changed:
+            self._idle.append(pair)
+            self._idle_changed.notify_all()
+
     def _run_part(
         self,
         items: Sequence[Item],
@@ -317,9 +333,10 @@ class DecodePool:
         rows: Sequence[int],
         retry: bool = True,
         solo: bool = False,
+        urgent: bool = False,
     ) -> dict[int, Exception]:
         with self._gated(solo):
-            slot, lane = self._idle.get()
+            slot, lane = self._take_idle(urgent)
             try:
                 with self._lock:
                     worker = self._workers[slot] if self._workers else None
@@ -347,7 +364,7 @@ class DecodePool:
                         out[[rows[k] for k in ok]] = done[ok]
                     self.counters.add("decode_seconds", reply["seconds"])
             finally:
-                self._idle.put((slot, lane))
+                self._put_idle((slot, lane))
         if reply is None:  # out of the gate: the retries run alone
             return self._after_death(items, out, rows, retry, reason)
         return failed

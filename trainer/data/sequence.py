@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from trainer.data.batch_buffers import BatchBuffers
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
 from trainer.data.decode import RESIZE_MODES, ImageDecodeError
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 DTYPES = ("uint8", "float32")
 # A batch made only of unreadable objects after this many draws means the data is broken.
 _MAX_REPLACEMENT_ATTEMPTS = 16
+_BATCHES_IN_TENSORFLOW = 6
 
 
 def default_fetch_threads(uris: Sequence[str]) -> int:
@@ -105,6 +107,7 @@ class ImageSequence(keras.utils.PyDataset):
         epoch: int = 0,
         epochs: int | None = None,
         max_batches: int | None = None,
+        urgent: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -149,6 +152,14 @@ class ImageSequence(keras.utils.PyDataset):
             **options, threads=decode_threads, counters=self.counters
         )
         self.prefetch_batches = prefetch_batches
+        # Evaluation's batches go to shared decode processes before training's look-ahead:
+        # the step waits for them.
+        self.urgent = urgent
+        # The batches being prepared, plus those the feed and TensorFlow still hold (its
+        # prefetch, the step's own and the strategy's per-device buffers).
+        self._buffers = BatchBuffers(
+            (*self.image_size, 3), dtype, keep=prefetch_batches + _BATCHES_IN_TENSORFLOW
+        )
         self._labels = np.asarray(index.labels, dtype=np.int32)
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], _BatchFuture] = {}
@@ -211,6 +222,7 @@ class ImageSequence(keras.utils.PyDataset):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        self._buffers.clear()
 
     def __enter__(self) -> ImageSequence:
         return self
@@ -259,7 +271,7 @@ class ImageSequence(keras.utils.PyDataset):
     def _submit(self, epoch: int, index: int) -> _BatchFuture:
         positions = self.plan.batch(epoch=epoch, index=index)
         start, _ = self.plan.batch_bounds(index)
-        x = np.empty((len(positions), *self.image_size, 3), dtype=self.dtype)
+        x = self._buffers.take(len(positions))  # TensorFlow takes it without a copy
         y = self._labels[positions].copy()
         return _BatchFuture(self._schedule(x, y, positions, epoch, start), x, y)
 
@@ -299,7 +311,9 @@ class ImageSequence(keras.utils.PyDataset):
             ranges = self._file_ranges(positions[todo], pins)
             failed.update({todo[i]: r for i, r in enumerate(ranges) if isinstance(r, Exception)})
             run = [i for i, r in enumerate(ranges) if not isinstance(r, Exception)]
-            found = self.decoders.run([ranges[i] for i in run], x, [first + todo[i] for i in run])
+            found = self.decoders.run(
+                [ranges[i] for i in run], x, [first + todo[i] for i in run], urgent=self.urgent
+            )
             failed.update({todo[run[j]]: e for j, e in found.items()})
         for k, error in sorted(failed.items()):
             if error is not None:

@@ -194,6 +194,7 @@ def build_inputs(
                 remainder="pad",
                 shuffle=False,
                 epochs=1,
+                urgent=True,
                 **common,
             )
     except ValueError as e:
