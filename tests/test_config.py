@@ -232,6 +232,7 @@ def test_models_constant_is_the_model_choice() -> None:
         == tuple(MODELS)
         == (
             "small_cnn",
+            "linear",
             "mobilenet_v3_small",
             "mobilenet_v3_large",
             "efficientnet_b0",

@@ -18,6 +18,8 @@ from trainer.errors import ExitCode
 MODELS: Mapping[str, str] = types.MappingProxyType(
     {
         "small_cnn": "a few convolution blocks trained from scratch; for smoke tests and CPUs",
+        "linear": "a linear classifier on every 8th pixel: a step that costs almost nothing, "
+        "to measure what the input pipeline delivers",
         "mobilenet_v3_small": "Keras MobileNetV3Small; the fastest pretrained-architecture model",
         "mobilenet_v3_large": "Keras MobileNetV3Large",
         "efficientnet_b0": "Keras EfficientNetB0",

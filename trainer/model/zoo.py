@@ -36,6 +36,36 @@ def _small_cnn(shape: tuple[int, int, int], weights: str | None) -> keras.Model:
     return net
 
 
+@keras.saving.register_keras_serializable(package="streamtrain")
+class Subsample(keras.layers.Layer):
+    """Every `stride`-th pixel of each row and column, in the input's own dtype."""
+
+    def __init__(self, stride: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.stride = stride
+
+    def call(self, x):
+        return x[:, :: self.stride, :: self.stride, :]
+
+    def compute_output_shape(self, shape):
+        return (shape[0], *(None if d is None else -(-d // self.stride) for d in shape[1:3]), 3)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stride": self.stride}
+
+
+def _linear(shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    # The head is the only layer that learns; build_model subsamples before it rescales, so a
+    # step reads 1/64 of the pixels it is fed.
+    if weights == "imagenet":
+        raise ValueError("linear has no ImageNet weights; use --weights none or a file")
+    inputs = keras.Input(shape=shape)
+    net = keras.Model(inputs, keras.layers.Flatten()(inputs), name=BACKBONE)
+    if weights:
+        net.load_weights(weights)
+    return net
+
+
 def _application(factory: Callable[..., keras.Model], **extra: object):
     def backbone(shape: tuple[int, int, int], weights: str | None) -> keras.Model:
         net = factory(include_top=False, weights=weights, input_shape=shape, pooling="avg", **extra)
@@ -48,6 +78,7 @@ def _application(factory: Callable[..., keras.Model], **extra: object):
 # values in [0, 255]; the others get [0, 1].
 _ARCHITECTURES: dict[str, tuple[Callable[..., keras.Model], float]] = {
     "small_cnn": (_small_cnn, 1 / 255),
+    "linear": (_linear, 1 / 255),
     "mobilenet_v3_small": (
         _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
         1.0,
@@ -59,6 +90,10 @@ _ARCHITECTURES: dict[str, tuple[Callable[..., keras.Model], float]] = {
     "efficientnet_b0": (_application(keras.applications.EfficientNetB0), 1.0),
     "resnet50": (_application(keras.applications.ResNet50), 1 / 255),
 }
+
+
+# Models that see every n-th pixel of each row and column only.
+_SUBSAMPLED = {"linear": 8}
 
 
 def architectures() -> tuple[str, ...]:
@@ -87,8 +122,12 @@ def build_model(
     # A float32 [0, 1] input is rescaled back to [0, 255] for backbones that expect it.
     if input_dtype == "float32":
         scale = scale * 255
-    x = keras.layers.Rescaling(scale, name="rescale")(inputs)
-    backbone = make_backbone((*image_size, 3), weights)
+    x, shape = inputs, (*image_size, 3)
+    if name in _SUBSAMPLED:
+        x = Subsample(_SUBSAMPLED[name], name="subsample")(x)
+        shape = tuple(x.shape[1:])
+    x = keras.layers.Rescaling(scale, name="rescale")(x)
+    backbone = make_backbone(shape, weights)
     pretrained = bool(weights) if pretrained is None else pretrained
     x = backbone(x, training=False) if pretrained else backbone(x)
     logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD)(x)
