@@ -26,6 +26,13 @@ NAMES = {
     "packed_local_threads",
     "packed_local_1process",
     "packed_gcs_latency",
+    "image_sequence_local_b256",
+    "packed_local_b256",
+    "memcpy",
+    "feed_ceiling",
+    "feed_ceiling_1replica",
+    "feed_ceiling_2workers",
+    "train_end_to_end",
 }
 
 
@@ -89,10 +96,32 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     assert by_name["packed_local"]["decode_processes"] == bench.default_decode_processes()
     assert by_name["packed_local_1process"]["decode_workers_peak_rss_mb"] > 0
     assert by_name["packed_local_threads"]["decode_processes"] == 0
-    assert len(doc["targets"]) == 5
+    assert len(doc["targets"]) == 11
+    # Issue 18's rows: the feed's steps, batch 256, and the trainer on the 40-image pack.
+    feed = support_feed()
+    assert by_name["memcpy"]["images"] == 40 * feed.FEED_BATCH
+    for name, replicas, workers in (
+        ("feed_ceiling", 2, 1),
+        ("feed_ceiling_1replica", 1, 1),
+        ("feed_ceiling_2workers", 2, 2),
+    ):
+        row = by_name[name]
+        assert row["images"] == feed.FEED_STEPS * feed.FEED_BATCH, name
+        assert (row["replicas"], row["workers"]) == (replicas, workers), name
+    assert by_name["image_sequence_local_b256"]["batch_size"] == 256
+    assert by_name["packed_local_b256"]["images"] == 40 * feed.LOADER_EPOCHS
+    e2e = by_name["train_end_to_end"]
+    assert e2e["epochs_timed"] == feed.TRAIN_EPOCHS - 1 and e2e["images"] == 100  # 200 less half
+    assert e2e["decode_processes"] == bench.default_decode_processes()
     # The workload is cached: the images and the seeded emulator data dir stay for next time.
     root = tmp_path / "cache" / "images-40_side-320-2048_q90_seed0"
     assert (root / ".complete").exists() and (root / "gcs" / ".seeded").exists()
+
+
+def support_feed():
+    from support import bench_feed
+
+    return bench_feed
 
 
 def test_prepare_images_generates_once(tmp_path: Path) -> None:
@@ -114,6 +143,11 @@ def test_targets_use_the_issue_thresholds() -> None:
         {"name": "packed_local", "images_per_s": 550.0},
         {"name": "packed_local_1process", "images_per_s": 300.0},
         {"name": "packed_gcs_latency", "images_per_s": 500.0},
+        {"name": "memcpy", "images_per_s": 1000.0},
+        {"name": "feed_ceiling", "images_per_s": 500.0},
+        {"name": "feed_ceiling_1replica", "images_per_s": 499.0},
+        {"name": "train_end_to_end", "images_per_s": 450.0},
+        {"name": "packed_local_b256", "images_per_s": 500.0},
     ]
     got = {t["target"]: t["pass"] for t in bench.evaluate_targets(results, mixed=True)}
     assert got == {
@@ -122,6 +156,10 @@ def test_targets_use_the_issue_thresholds() -> None:
         "packed_gcs_latency >= 0.9 x packed_local": True,
         "image_sequence_local >= 0.95 x decode_limit": True,
         "packed_local >= 1.8 x packed_local_1process": True,
+        "feed_ceiling >= 0.5 x memcpy": True,
+        "feed_ceiling_1replica >= 0.5 x memcpy": False,
+        "train_end_to_end >= 0.9 x packed_local_b256": True,
+        "packed_local >= 0.8 x packed_local_b256": True,
     }
 
 

@@ -54,7 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from support import bench_packed
+from support import bench_feed, bench_packed
 from trainer.dev.emulator import EMULATOR_ENV
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ CONFIGS = (
     "packed_local_1process",
     "packed_gcs_latency",
     "decode_limit",
+    "image_sequence_local_b256",
+    "packed_local_b256",
+    "memcpy",
+    "feed_ceiling",
+    "feed_ceiling_1replica",
+    "feed_ceiling_2workers",
+    "train_end_to_end",
 )
 BATCH_SIZE = 32
 TARGET_SIZE = (224, 224)
@@ -278,6 +285,7 @@ def _run_image_sequence(
     storage: Any,
     server_pids: list[int] | None = None,
     decode_processes: int = 0,
+    batch_size: int = BATCH_SIZE,
 ) -> dict[str, Any]:
     from trainer.data.index import DatasetIndex, discover
     from trainer.data.sequence import ImageSequence
@@ -289,7 +297,7 @@ def _run_image_sequence(
     )
     with bench_packed.decode_pool(decode_processes) as pool:
         options = dict(
-            batch_size=BATCH_SIZE, image_size=TARGET_SIZE, storage=storage, decoders=pool
+            batch_size=batch_size, image_size=TARGET_SIZE, storage=storage, decoders=pool
         )
         with ImageSequence(warm_index, **options) as seq:
             _iterate_sequence(seq)
@@ -317,6 +325,7 @@ def _run_image_sequence(
         "seconds": seconds,
         "dtype": seq.dtype,
         "decode_processes": decode_processes,
+        "batch_size": batch_size,
         "decode_workers_peak_rss_mb": workers_rss,
         "fetch_threads": seq.fetch_threads,
         "prefetch_batches": seq.prefetch_batches,
@@ -331,11 +340,16 @@ def default_decode_processes() -> int:
     return available_cpus()
 
 
-def run_image_sequence_local(root: Path, *, decode_processes: int) -> dict[str, Any]:
+def run_image_sequence_local(
+    root: Path, *, decode_processes: int, batch_size: int = BATCH_SIZE
+) -> dict[str, Any]:
     from trainer.data.storage import Storage
 
     return _run_image_sequence(
-        str((root / "images").resolve()), storage=Storage(), decode_processes=decode_processes
+        str((root / "images").resolve()),
+        storage=Storage(),
+        decode_processes=decode_processes,
+        batch_size=batch_size,
     )
 
 
@@ -567,6 +581,20 @@ def run_worker(name: str, workload: Workload, *, cache_root: Path) -> dict[str, 
         "packed_local_threads": lambda r: bench_packed.run_packed_local(r, decode_processes=0),
         "packed_local_1process": lambda r: bench_packed.run_packed_local(r, decode_processes=1),
         "packed_gcs_latency": lambda r: bench_packed.run_packed_gcs_latency(r, workload=workload),
+        "image_sequence_local_b256": lambda r: run_image_sequence_local(
+            r, decode_processes=default_decode_processes(), batch_size=bench_feed.FEED_BATCH
+        ),
+        "packed_local_b256": lambda r: bench_packed.run_packed_local(
+            r,
+            decode_processes=default_decode_processes(),
+            batch_size=bench_feed.FEED_BATCH,
+            epochs=bench_feed.LOADER_EPOCHS,
+        ),
+        "memcpy": bench_feed.run_memcpy,
+        "feed_ceiling": lambda r: bench_feed.run_feed_ceiling(r, replicas=2),
+        "feed_ceiling_1replica": lambda r: bench_feed.run_feed_ceiling(r, replicas=1),
+        "feed_ceiling_2workers": bench_feed.run_feed_ceiling_2workers,
+        "train_end_to_end": bench_feed.run_train_end_to_end,
     }
     result = runners[name](root)
     seconds = result.pop("seconds")
@@ -668,6 +696,13 @@ def evaluate_targets(results: list[dict[str, Any]], *, mixed: bool) -> list[dict
         ("packed_gcs_latency", "packed_local", 0.9),
         ("image_sequence_local", "decode_limit", 0.95),
         ("packed_local", "packed_local_1process", 1.8),
+        # Issue 18: the bridge into TensorFlow, the trainer around its loader, small batches.
+        ("feed_ceiling", "memcpy", 0.5),
+        ("feed_ceiling_1replica", "memcpy", 0.5),
+        ("feed_ceiling_2workers", "memcpy", 0.5),
+        ("train_end_to_end", "packed_local_b256", 0.9),
+        ("packed_local", "packed_local_b256", 0.8),
+        ("image_sequence_local", "image_sequence_local_b256", 0.8),
     ]
     targets = []
     for name, base, minimum in wanted:
@@ -735,7 +770,7 @@ def format_table(doc: dict[str, Any]) -> str:
     if "latency_method" in w:
         lines.append(f"\nlatency: {w['latency_method']}")
     if doc["targets"]:
-        lines.append("\ntargets (issue 10):")
+        lines.append("\ntargets (issues 10 and 18):")
         for t in doc["targets"]:
             lines.append(
                 f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']:<52} ratio {t['ratio']:.2f}"

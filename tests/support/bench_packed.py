@@ -96,7 +96,9 @@ def _iterate(seq: Any, epoch: int = 0, first: list[float] | None = None) -> int:
     return n
 
 
-def _sequence(packed: Any, positions: Any, cache_dir: str, **options: Any) -> Any:
+def _sequence(
+    packed: Any, positions: Any, cache_dir: str, *, batch_size: int | None = None, **options: Any
+) -> Any:
     from support.bench import BATCH_SIZE, TARGET_SIZE
     from trainer.data.counters import Counters
     from trainer.data.storage import Storage
@@ -109,7 +111,7 @@ def _sequence(packed: Any, positions: Any, cache_dir: str, **options: Any) -> An
     split = PackedSplit.of(packed, positions, cache)
     return PackedSequence(
         split,
-        batch_size=BATCH_SIZE,
+        batch_size=batch_size or BATCH_SIZE,
         image_size=TARGET_SIZE,
         storage=storage,
         counters=counters,
@@ -142,7 +144,12 @@ def workers_peak_rss_mb(pool: Any) -> float:
 
 
 def run_packed_local(
-    root: Path, *, decode_threads: int | None = None, decode_processes: int = 0
+    root: Path,
+    *,
+    decode_threads: int | None = None,
+    decode_processes: int = 0,
+    batch_size: int | None = None,
+    epochs: int = 1,
 ) -> dict[str, Any]:
     import numpy as np
 
@@ -155,9 +162,16 @@ def run_packed_local(
         warm = _sequence(packed, np.arange(min(WARMUP, len(packed))), cache_dir, **options)
         _iterate(warm)
         warm.close()
-        seq = _sequence(packed, np.arange(len(packed)), cache_dir, **options)
+        seq = _sequence(
+            packed,
+            np.arange(len(packed)),
+            cache_dir,
+            batch_size=batch_size,
+            epochs=epochs,
+            **options,
+        )
         cpu, own, started = cpu_seconds(pool), time.process_time(), time.perf_counter()
-        n = _iterate(seq)
+        n = sum(_iterate(seq, epoch) for epoch in range(epochs))
         seconds, cpu = time.perf_counter() - started, cpu_seconds(pool) - cpu
         own = time.process_time() - own
         seq.close()
@@ -171,6 +185,8 @@ def run_packed_local(
         "dtype": seq.dtype,
         "decode_threads": decode_threads or os.cpu_count(),
         "decode_processes": decode_processes,
+        "batch_size": seq.plan.batch_size,
+        "epochs": epochs,
         "decode_workers_peak_rss_mb": workers_rss,
         "packed": f"--max-side {MAX_SIDE}, {len(packed.shards)} shards of ~{SHARD_MB} MB",
         "counters": {k: round(v, 3) for k, v in seq.counters.snapshot().items() if v},
