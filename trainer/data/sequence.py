@@ -214,6 +214,10 @@ class ImageSequence(keras.utils.PyDataset):
     def quarantined(self) -> list[dict[str, str]]:
         return self._quarantine.records
 
+    def release_buffers(self) -> None:
+        """Frees the batch buffers kept for reuse (evaluation's, between evaluations)."""
+        self._buffers.clear()
+
     def close(self) -> None:
         with self._lock:
             for future in self._pending.values():
@@ -222,7 +226,7 @@ class ImageSequence(keras.utils.PyDataset):
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        self._buffers.clear()
+        self.release_buffers()
 
     def __enter__(self) -> ImageSequence:
         return self

@@ -231,6 +231,7 @@ class TrainLoop:
         self.hooks.reached("eval")
         iterator = iter(self.feed.validation(val_seq))
         totals, confusion = steps_fn.eval_all(iterator, tf.constant(len(val_seq)))
+        val_seq.release_buffers()  # not held through the training between evaluations
         return metrics.validation_record(
             totals.numpy(), confusion.numpy(), self.inputs.data.index.class_names
         )
