@@ -9,6 +9,9 @@
 
 It runs on a thread pool, so the per-image work is a few calls into C that release the GIL:
 
+- Raw pixels (`.npy`, what `trainer pack --raw-max-pixels` stores for small images) are only
+  resized.
+
 - JPEG is decoded already downscaled in the DCT domain to the smallest scale that is still at
   least the target size, by simplejpeg (libjpeg-turbo, any M/8 scale) when it is installed, else
   by Pillow's `draft` (1/2, 1/4, 1/8). simplejpeg is measurably faster on photo-sized JPEGs and,
@@ -40,6 +43,9 @@ import re
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from trainer.data.raw_pixels import MAGIC as RAW_MAGIC
+from trainer.data.raw_pixels import RawPixelsError, decode_raw
 
 try:  # Optional fast path; see the module docstring.
     import simplejpeg
@@ -125,7 +131,12 @@ def decode_image(
     if not data:
         raise ImageDecodeError("empty", "the file is empty (0 bytes)")
     out = None
-    if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
+    if data[:6] == RAW_MAGIC:  # a packed image stored as pixels: no decode, one resize
+        try:
+            out = _fit(decode_raw(data, max_pixels=max_pixels), width, height, resize)
+        except RawPixelsError as e:
+            raise ImageDecodeError("corrupt", str(e)) from None
+    elif simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
         out = _decode_jpeg_fast(data, width, height, max_pixels, resize)
     if out is None:
         img = _open(data)

@@ -42,6 +42,24 @@ def add_pack_arguments(parser: argparse.ArgumentParser) -> None:
         "training size); 0 keeps the bytes as they are (default 0)",
     )
     parser.add_argument(
+        "--short-side",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="re-encode images whose shorter side is over PX to PX (e.g. 256 for 224 px "
+        "training: decode cost follows pixels); with --max-side the smaller result wins; "
+        "0: off (default 0)",
+    )
+    parser.add_argument(
+        "--raw-max-pixels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store images of at most N pixels (after sizing) as raw RGB (.npy): about 10x "
+        "a JPEG's bytes, but read without decoding (e.g. 90000 with --short-side 256); "
+        "0: never (default 0)",
+    )
+    parser.add_argument(
         "--quality",
         type=int,
         default=90,
@@ -115,6 +133,10 @@ def pack_config(namespace: argparse.Namespace, env: Mapping[str, str]) -> PackCo
         raise ConfigError(f"--shard-size-mb must be > 0, got {ns.shard_size_mb}")
     if ns.max_side < 0:
         raise ConfigError(f"--max-side must be ≥ 0 (0 keeps the bytes), got {ns.max_side}")
+    if ns.short_side < 0:
+        raise ConfigError(f"--short-side must be ≥ 0 (0: off), got {ns.short_side}")
+    if ns.raw_max_pixels < 0:
+        raise ConfigError(f"--raw-max-pixels must be ≥ 0 (0: never), got {ns.raw_max_pixels}")
     if not 1 <= ns.quality <= 100:
         raise ConfigError(f"--quality must be in 1..100, got {ns.quality}")
     if ns.workers < 0:
@@ -130,6 +152,8 @@ def pack_config(namespace: argparse.Namespace, env: Mapping[str, str]) -> PackCo
         output=ns.output,
         shard_size_mb=ns.shard_size_mb,
         max_side=ns.max_side,
+        short_side=ns.short_side,
+        raw_max_pixels=ns.raw_max_pixels,
         quality=ns.quality,
         workers=ns.workers,
         part=part,

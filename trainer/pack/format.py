@@ -46,6 +46,7 @@ class PackedIndex:
     keys: tuple[str, ...]
     exts: tuple[str, ...]
     sources: tuple[str, ...] = ()
+    settings: dict = dataclasses.field(default_factory=dict)  # trainer pack's; {} before them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,6 +68,7 @@ class PackedIndex:
         return json.dumps(
             {
                 "format": FORMAT,
+                "settings": self.settings,
                 "class_names": list(self.class_names),
                 "shards": [
                     {"name": n, "bytes": b}
@@ -107,6 +109,7 @@ class PackedIndex:
                 keys=tuple(s["key"]),
                 exts=tuple(s["ext"]),
                 sources=tuple(s.get("source", ())),
+                settings=dict(doc.get("settings") or {}),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{name}: unreadable packed index ({e}); re-run trainer pack") from None

@@ -32,9 +32,11 @@ import numpy as np
 from trainer.data.decode import ImageDecodeError, decode_image, upright_size
 from trainer.data.gcs import join
 from trainer.data.index import DatasetIndex, discover
+from trainer.data.raw_pixels import encode_raw
 from trainer.data.storage import Storage
 from trainer.errors import ConfigError, DataError, StorageNotFoundError
 from trainer.pack.format import INDEX_NAME, SUCCESS_NAME, PackedIndex, shard_name
+from trainer.pack.sizing import sizing_scale
 
 try:
     import simplejpeg
@@ -55,6 +57,8 @@ class PackConfig:
     output: str
     shard_size_mb: float = 128.0
     max_side: int = 0
+    short_side: int = 0
+    raw_max_pixels: int = 0
     quality: int = 90
     workers: int = 0  # 0: one per core
     part: int = 0
@@ -67,7 +71,7 @@ class PackConfig:
 
     def settings(self) -> dict[str, object]:
         """What decides the shards' content: a re-run must match it to resume."""
-        return {
+        settings: dict[str, object] = {
             "source": self.source,
             "shard_size_mb": self.shard_size_mb,
             "max_side": self.max_side,
@@ -76,6 +80,12 @@ class PackConfig:
             "parts": self.parts,
             "order": "source" if self.keep_order else f"shuffled:{self.seed}",
         }
+        # Only when set, so that a pack made before these existed still resumes.
+        if self.short_side:
+            settings["short_side"] = self.short_side
+        if self.raw_max_pixels:
+            settings["raw_max_pixels"] = self.raw_max_pixels
+        return settings
 
     def order(self, n: int) -> np.ndarray:
         """The discovered positions in packing order."""
@@ -114,13 +124,22 @@ def pack(cfg: PackConfig, storage: Storage) -> PackSummary:
 
 
 def encode_sample(
-    data: bytes, *, max_side: int, quality: int, max_pixels: int
+    data: bytes,
+    *,
+    max_side: int,
+    quality: int,
+    max_pixels: int,
+    short_side: int = 0,
+    raw_max_pixels: int = 0,
 ) -> tuple[bytes, str]:
-    """The bytes to store and their extension: kept as they are when already small enough."""
+    """The bytes to store and their extension: kept as they are when already small enough,
+    raw pixels when at most `raw_max_pixels` (after sizing), else a re-encoded JPEG."""
     height, width = upright_size(data)
-    if max_side and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    scale = sizing_scale(height, width, max_side=max_side, short_side=short_side)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size[0] * size[1] <= raw_max_pixels:
+        return encode_raw(decode_image(data, size=size, max_pixels=max_pixels)), "npy"
+    if scale < 1:
         return _jpeg(decode_image(data, size=size, max_pixels=max_pixels), quality), "jpg"
     kind = "jpg" if data[:3] == b"\xff\xd8\xff" else "png" if data[:4] == b"\x89PNG" else None
     if kind is None:  # GIF, WebP, TIFF, BMP: stored as PNG, losslessly
@@ -236,7 +255,12 @@ def _encoded(
         try:
             data = storage.read(index.uris[pos])
             return encode_sample(
-                data, max_side=cfg.max_side, quality=cfg.quality, max_pixels=cfg.max_pixels
+                data,
+                max_side=cfg.max_side,
+                short_side=cfg.short_side,
+                raw_max_pixels=cfg.raw_max_pixels,
+                quality=cfg.quality,
+                max_pixels=cfg.max_pixels,
             )
         except (ImageDecodeError, StorageNotFoundError) as e:
             return e
@@ -355,6 +379,7 @@ def merge(cfg: PackConfig, class_names: tuple[str, ...], storage: Storage) -> Pa
         keys=tuple(r[1]["key"] for r in rows),
         exts=tuple(r[1]["ext"] for r in rows),
         sources=tuple(r[1]["source"] for r in rows),
+        settings=cfg.settings(),
     )
     report = "".join(json.dumps(q) + "\n" for q in quarantined)
     storage.write(join(output, "quarantine.jsonl"), report.encode())

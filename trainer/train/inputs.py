@@ -86,6 +86,23 @@ def load_data(config: Any, storage: Storage) -> Data:
 def _packed_data(config: Any, packed: PackedIndex, storage: Storage) -> Data:
     from trainer.pack.sequence import PackedSplit
     from trainer.pack.shards import ShardCache
+    from trainer.pack.sizing import size_advice
+
+    logger.info(
+        "--data %s is packed: %d samples in %d shards (%s)",
+        config.data,
+        len(packed),
+        len(packed.shards),
+        ", ".join(
+            f"{k} {packed.settings[k]}"
+            for k in ("max_side", "short_side", "raw_max_pixels")
+            if packed.settings.get(k)
+        )
+        or "original sizes",
+    )
+    advice = size_advice(packed.settings, image_size=tuple(config.image_size))
+    if advice:
+        logger.warning("--data %s: %s", config.data, advice)
 
     directory = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-shards")
     cache = ShardCache(
