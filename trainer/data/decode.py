@@ -14,7 +14,8 @@ It runs on a thread pool, so the per-image work is a few calls into C that relea
 
 - JPEG is decoded already downscaled in the DCT domain to the smallest scale that is still at
   least the target size, by simplejpeg (libjpeg-turbo, any M/8 scale) when it is installed, else
-  by Pillow's `draft` (1/2, 1/4, 1/8). simplejpeg is measurably faster on photo-sized JPEGs and,
+  by Pillow's `draft` (1/2, 1/4, 1/8); an image under twice that size is decoded whole, which
+  is faster than a 5/8-7/8 scale. simplejpeg is measurably faster on photo-sized JPEGs and,
   in strict mode, rejects corrupt entropy data that Pillow decodes silently into garbage.
 - Everything else goes through Pillow, then one bilinear resize to (width, height). The filter
   is "bilinear", matching Keras' `image_dataset_from_directory` defaults.
@@ -199,6 +200,8 @@ def _decode_jpeg_fast(
     orientation = _jpeg_orientation(data)
     tw, th = (height, width) if orientation in _SWAPS_AXES else (width, height)
     mw, mh = _min_decode_size(w, h, tw, th, resize)
+    if _whole_is_cheaper(w, h, mw, mh):
+        mw, mh = w, h
     try:
         pixels = simplejpeg.decode_jpeg(
             data,
@@ -236,6 +239,16 @@ def _jpeg_orientation(data: bytes) -> int:
             return _orientation(img)
     except Exception:  # a damaged header: the decode itself will tell
         return 1
+
+
+def _whole_is_cheaper(w: int, h: int, mw: int, mh: int) -> bool:
+    """Whether to decode a w×h JPEG whole rather than DCT-scaled to at least mw×mh.
+
+    Under twice the size needed, only a 5/8-7/8 scale could apply, and libjpeg-turbo has no SIMD
+    path for those: a 7/8 decode of a 256 px short side took 0.47 ms, the whole one 0.30 ms, and
+    the bilinear resize after it 0.1 ms. From twice the size on, scaling saves an area resize.
+    """
+    return w < 2 * mw and h < 2 * mh
 
 
 def _min_decode_size(w: int, h: int, tw: int, th: int, resize: str) -> tuple[int, int]:

@@ -77,6 +77,8 @@ def _decode_jpeg(data: Any, tw: int, th: int, resize: str) -> Any:
     for k in range(7, 0, -1):
         fits = tf.logical_and(-(-w * k // 8) >= mw, -(-h * k // 8) >= mh)
         m = tf.where(fits, tf.constant(k, tf.int64), m)
+    # ...or whole, under twice the size needed (decode._whole_is_cheaper).
+    m = tf.where(tf.logical_and(w < 2 * mw, h < 2 * mh), tf.constant(8, tf.int64), m)
     sw, sh = -(-w * m // 8), -(-h * m // 8)
     # TensorFlow scales by 1/1, 1/2, 1/4 or 1/8 only: the nearest at least as large...
     branch = tf.constant(len(JPEG_RATIOS) - 1, tf.int32)
