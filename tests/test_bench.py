@@ -33,6 +33,9 @@ NAMES = {
     "feed_ceiling_1replica",
     "feed_ceiling_2workers",
     "train_end_to_end",
+    "packed_decode_448",
+    "packed_decode_256",
+    "packed_decode_256_raw",
 }
 
 
@@ -96,7 +99,12 @@ def test_smoke_json_has_every_configuration(tmp_path: Path) -> None:
     assert by_name["packed_local"]["decode_processes"] == bench.default_decode_processes()
     assert by_name["packed_local_1process"]["decode_workers_peak_rss_mb"] > 0
     assert by_name["packed_local_threads"]["decode_processes"] == 0
-    assert len(doc["targets"]) == 11
+    assert len(doc["targets"]) == 13
+    for name in ("packed_decode_448", "packed_decode_256", "packed_decode_256_raw"):
+        assert by_name[name]["images"] == 40 and by_name[name]["ms_per_image"] > 0, name
+    assert by_name["packed_decode_256_raw"]["raw_members"] == 40
+    assert by_name["packed_decode_256"]["raw_members"] == 0
+    assert by_name["packed_decode_256"]["packed"]["short_side"] == 256
     # Issue 18's rows: the feed's steps, batch 256, and the trainer on the 40-image pack.
     feed = support_feed()
     assert by_name["memcpy"]["images"] == 40 * feed.FEED_BATCH

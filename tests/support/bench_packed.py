@@ -10,6 +10,10 @@ tf_data_tfrecord      the same pre-sized JPEG bytes in one TFRecord file per sha
 packed_gcs_latency    PackedSequence over gs://bench/packed: the latency proxy in front of
                       the emulators; epoch 1 (shards downloaded, timed) and epoch 2 (from the
                       shard cache) with the GCS requests each made, counted by the proxy
+packed_decode_448     one core decoding every sample of the --max-side 448 pack to 224 px,
+                      the bytes already in memory: images per CPU-second, ms per image
+packed_decode_256     the same for a pack made with --short-side 256 (JPEG)
+packed_decode_256_raw the same for --short-side 256 with every image stored as raw pixels
 """
 
 from __future__ import annotations
@@ -33,22 +37,28 @@ SHARD_MB = 16
 # before 4:2:0 became the pack's) and the pack's shuffle seed.
 TAG = f"{MAX_SIDE}-420-seed0"
 WARMUP = 64
+RAW_ALL = 1 << 30  # --raw-max-pixels that stores every image raw
 
 
-def packed_dir(root: Path) -> Path:
-    """Pack the workload once (trainer pack is idempotent: a complete pack returns at once)."""
+def packed_dir(root: Path, *, short_side: int = 0, raw: bool = False) -> Path:
+    """Pack the workload once (trainer pack is idempotent: a complete pack returns at once):
+    at --max-side 448, or at --short-side `short_side`, every image as raw pixels if `raw`."""
     from trainer.data.storage import Storage
     from trainer.pack.writer import PackConfig, pack
 
-    out = root / f"packed-{TAG}"
+    sizing = {"short_side": short_side} if short_side else {"max_side": MAX_SIDE}
+    if raw:
+        sizing["raw_max_pixels"] = RAW_ALL
+    name = TAG if not short_side else f"s{short_side}{'raw' if raw else ''}-420-seed0"
+    out = root / f"packed-{name}"
     if not (out / "_SUCCESS").exists():
-        logger.info("packing %s at --max-side %d (once; reused later)", root / "images", MAX_SIDE)
+        logger.info("packing %s with %s (once; reused later)", root / "images", sizing)
         started = time.perf_counter()
         cfg = PackConfig(
             source=str((root / "images").resolve()),
             output=str(out.resolve()),
             shard_size_mb=SHARD_MB,
-            max_side=MAX_SIDE,
+            **sizing,
         )
         pack(cfg, Storage())
         logger.info("packed in %.0f s", time.perf_counter() - started)
@@ -190,6 +200,37 @@ def run_packed_local(
         "decode_workers_peak_rss_mb": workers_rss,
         "packed": f"--max-side {MAX_SIDE}, {len(packed.shards)} shards of ~{SHARD_MB} MB",
         "counters": {k: round(v, 3) for k, v in seq.counters.snapshot().items() if v},
+    }
+
+
+def run_packed_decode(root: Path, *, short_side: int = 0, raw: bool = False) -> dict[str, Any]:
+    """One core decoding every sample of a pack to 224 px, its bytes already in memory."""
+    from support.bench import TARGET_SIZE
+    from trainer.data.decode import decode_image
+    from trainer.data.storage import Storage
+    from trainer.pack.format import open_packed
+
+    out = packed_dir(root, short_side=short_side, raw=raw)
+    packed = open_packed(str(out.resolve()), Storage())
+    shards = [(out / name).read_bytes() for name in packed.shards]
+    payloads = [
+        shards[packed.sample_shard[p]][packed.offset[p] : packed.offset[p] + packed.size[p]]
+        for p in range(len(packed))
+    ]
+    for data in payloads[:WARMUP]:
+        decode_image(data, size=TARGET_SIZE)
+    cpu, started = time.process_time(), time.perf_counter()
+    for data in payloads:
+        decode_image(data, size=TARGET_SIZE)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {
+        "images": len(payloads),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "ms_per_image": round(1e3 * cpu / len(payloads), 3),
+        "pack_mb": round(sum(packed.shard_bytes) / 1e6, 1),
+        "raw_members": sum(e == "npy" for e in packed.exts),
+        "packed": packed.settings,
     }
 
 
