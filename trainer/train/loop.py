@@ -75,6 +75,8 @@ class TrainLoop:
         except tf.errors.OpError as e:
             failures.translate(e, cluster=self.setup.cluster, input_error=self.feed.input_error)
             raise
+        finally:
+            self.feed.close()
 
     def plan_key(self) -> dict[str, Any]:
         """What the data order depends on, and the dtype policy the optimizer state is for."""
@@ -229,7 +231,7 @@ class TrainLoop:
         import tensorflow as tf
 
         self.hooks.reached("eval")
-        iterator = iter(self.feed.validation(val_seq))
+        iterator = self.feed.validation(val_seq)
         totals, confusion = steps_fn.eval_all(iterator, tf.constant(len(val_seq)))
         val_seq.release_buffers()  # not held through the training between evaluations
         return metrics.validation_record(
