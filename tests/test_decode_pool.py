@@ -238,21 +238,23 @@ def test_image_sequence_batches_equal_the_threads_with_bad_and_vanished_files(
 
 def test_urgent_requests_go_before_those_already_waiting():
     blob = _image(5)
+    want = decode_image(blob, size=SIZE)
     done: list[str] = []
     with DecodePool(1, size=SIZE, lanes=1, command=CRASHER) as pool:
 
         def decode(name: str, data: bytes, urgent: bool = False) -> None:
             out = np.empty((1, *SIZE, 3), np.uint8)
-            assert pool.run([data], out, rows=[0], urgent=urgent) == {}
-            assert np.array_equal(out[0], decode_image(blob, size=SIZE))
-            done.append(name)
+            errors = pool.run([data], out, rows=[0], urgent=urgent)
+            done.append(name)  # first: the order the pool answered in
+            assert errors == {} and np.array_equal(out[0], want)
 
-        with concurrent.futures.ThreadPoolExecutor(5) as threads:
+        with concurrent.futures.ThreadPoolExecutor(8) as threads:
             busy = threads.submit(decode, "busy", b"SLOW" + blob)  # holds the only lane
             time.sleep(0.3)
-            waiting = [threads.submit(decode, f"train{k}", blob) for k in range(3)]
-            time.sleep(0.3)  # all three wait for the lane now
+            waiting = [threads.submit(decode, f"train{k}", blob) for k in range(6)]
+            time.sleep(0.3)  # all six wait for the lane now
             urgent = threads.submit(decode, "eval", blob, True)
             for future in [busy, *waiting, urgent]:
                 future.result(timeout=30)
-    assert done[:2] == ["busy", "eval"], done
+    # "busy" may be recorded just after "eval": its thread returns as the lane is handed on.
+    assert done.index("eval") < min(done.index(f"train{k}") for k in range(6)), done

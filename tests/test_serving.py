@@ -337,10 +337,11 @@ def test_the_savedmodel_serves_image_bytes_as_the_trainer_evaluates(
         metrics["final"]["val_accuracy"],
     )
     assert agree >= 0.99
-    # The trainer's evaluation of the exported model (the gate) is the reference; the
-    # training-time evaluation ran in other batch shapes under the strategy, where a near tie
-    # may flip one image (1/120 is 0.83 points).
-    assert abs(served_acc - gate["val_accuracy"]) <= 0.005
+    # The trainer's evaluation of the exported model (the gate) is the reference. Its decoder
+    # and the graph's differ by a little (at 32 px, crop: mean 2.3 of 255 per pixel, against 3.5
+    # before whole-image decoding), so a near tie may flip one image (1/120 is 0.83 points), as
+    # the agreement above allows; the training-time evaluation also ran in other batch shapes.
+    assert abs(served_acc - gate["val_accuracy"]) <= 1 / len(val) + 1e-9
     assert abs(served_acc - metrics["final"]["val_accuracy"]) <= max(0.005, 1 / len(val) + 1e-9)
     assert keras_acc == pytest.approx(gate["val_accuracy"], abs=1e-9)
     assert keras_acc >= 0.8, "the model learned: agreement between two random models is no proof"
