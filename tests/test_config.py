@@ -582,3 +582,20 @@ def test_cache_dir_without_size_is_off_and_says_so(
         env={"TRAINER_CACHE_DIR": cache},
     )
     assert sized.cache_size_mb == 64 and Path(cache).is_dir()  # probed, so created
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("cat,dog,cat", "names cat more than once"), ("cat,,dog", "empty class name")],
+)
+def test_classes_are_each_named_once(value: str, message: str, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(
+            ["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--classes", value], env={}
+        )
+
+
+def test_class_names_are_trimmed_alike_in_train_and_pack() -> None:
+    from trainer.config.validate import class_names
+
+    assert class_names(" cat , dog", "--classes") == ("cat", "dog")

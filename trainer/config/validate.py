@@ -193,6 +193,19 @@ def suggest(word: str, choices: Sequence[str] | Mapping[str, Any]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def class_names(text: str, label: str) -> tuple[str, ...]:
+    """Comma-separated class names, each trimmed; an empty or repeated one raises ConfigError."""
+    names = tuple(name.strip() for name in text.split(","))
+    if "" in names:
+        raise ConfigError(f"{label} {text!r} has an empty class name; list names like a,b,c")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{label} names {', '.join(repeated)} more than once; each class once, in label order"
+        )
+    return names
+
+
 def check_combinations(cfg: TrainConfig) -> None:
     """Rules across fields; each message names every option involved."""
     f = FIELD_BY_NAME
@@ -245,6 +258,8 @@ def check_combinations(cfg: TrainConfig) -> None:
             f"{f['early_stopping_patience'].label} needs a validation set, but "
             f"{f['val_split'].label} is 0; set --val-split above 0"
         )
+    if cfg.classes is not None:
+        class_names(cfg.classes, f["classes"].label)
     if cfg.request_timeout_s > cfg.storage_deadline_s:
         raise ConfigError(
             f"{f['request_timeout_s'].label} {format_value(cfg.request_timeout_s)} exceeds "

@@ -114,6 +114,7 @@ class ImageSequence(keras.utils.PyDataset):
         epochs: int | None = None,
         max_batches: int | None = None,
         urgent: bool = False,
+        quarantine: Quarantine | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -170,7 +171,8 @@ class ImageSequence(keras.utils.PyDataset):
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], _BatchFuture] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._quarantine = Quarantine(
+        # One shared by training and validation writes one report with both.
+        self._quarantine = quarantine or Quarantine(
             on_corrupt, storage=self.storage, counters=self.counters, report_uri=quarantine_uri
         )
         _log_remainder(self.plan, shard_index, shard_count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
+from trainer.config.validate import class_names
 from trainer.errors import ConfigError
 from trainer.pack.writer import PackConfig
 
@@ -146,7 +147,7 @@ def pack_config(namespace: argparse.Namespace, env: Mapping[str, str]) -> PackCo
     for flag, value in (("--source", ns.source), ("--output", ns.output)):
         if value.startswith("gs://") and len(value) <= len("gs://"):
             raise ConfigError(f"{flag} {value!r} names no bucket")
-    classes = tuple(c.strip() for c in ns.classes.split(",")) if ns.classes else None
+    classes = class_names(ns.classes, "--classes") if ns.classes else None
     return PackConfig(
         source=ns.source,
         output=ns.output,

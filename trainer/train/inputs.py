@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from trainer.config.validate import class_names
 from trainer.data.cache import ByteCache
 from trainer.data.counters import Counters
 from trainer.data.index import DatasetIndex, load_or_discover
+from trainer.data.quarantine import Quarantine
 from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
 from trainer.errors import ConfigError, DataError
@@ -53,7 +55,8 @@ class Inputs:
 
     @property
     def quarantined(self) -> list[dict[str, str]]:
-        return self.train_seq.quarantined + (self.val_seq.quarantined if self.val_seq else [])
+        """Every object this worker skipped, training's and validation's, once."""
+        return self.train_seq.quarantined  # the Sequences share one Quarantine
 
     def close(self) -> None:
         for seq in (self.train_seq, self.val_seq):
@@ -77,7 +80,7 @@ def load_data(config: Any, storage: Storage) -> Data:
         config.data,
         storage=storage,
         index_uri=config.index,
-        class_names=config.classes.split(",") if config.classes else None,
+        class_names=list(class_names(config.classes, "--classes")) if config.classes else None,
     )
     train, val = index.split(val_split=config.val_split, seed=config.seed)
     return Data(index=index, train=train, val=val)
@@ -181,6 +184,9 @@ def build_inputs(
         cache=cache,
         counters=counters,
         quarantine_uri=quarantine_uri,
+        quarantine=Quarantine(
+            config.on_corrupt, storage=storage, counters=counters, report_uri=quarantine_uri
+        ),
         shard_index=cluster.task_index,
         shard_count=cluster.num_workers,
     )
