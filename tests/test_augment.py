@@ -31,3 +31,12 @@ def test_the_same_seed_redraws_the_same_augmentation_and_keeps_dtype_and_range(l
     assert not np.array_equal(draw(5, replica=1), first), "another replica draws anew"
     assert not np.array_equal(first, images.numpy()), "something was changed"
     assert augment(images, seed=tf.constant([7, 0], tf.int64), level="none") is images
+
+
+def test_every_level_is_described_for_the_log():
+    from trainer.train.augment import LEVELS, describe
+
+    said = {level: describe(level) for level in LEVELS}
+    assert said["none"] == "none"
+    assert said["basic"].startswith("basic: random resized crop (35%-100%")
+    assert "rotation up to 10 degrees" in said["strong"] and "rotation" not in said["basic"]

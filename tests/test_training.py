@@ -65,6 +65,9 @@ def test_two_replicas_learn_from_gcs_and_write_every_output(
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stderr
     assert "replicas 2" in log and "per replica 8" in log
+    assert "augmentation (--augment): none" in log
+    # Checkpoints count epochs as the progress lines do: the last one ends epoch 6.
+    assert re.search(r"checkpoint \S+ written \(epoch 6, step (\d+)/\1\)", log), log[-2000:]
     bucket = gcs_admin.bucket(gcs_bucket)
     names = {b.name for b in bucket.list_blobs(prefix="run/")}
     for expected in (

@@ -20,6 +20,7 @@ from trainer.distribute.cluster import Cluster, cluster_from_env
 from trainer.distribute.strategy import StrategySetup
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
+from trainer.train.augment import describe
 from trainer.train.hooks import Hooks, NoHooks
 from trainer.train.inputs import Inputs, build_inputs, load_data
 from trainer.train.preemption import StopFlag
@@ -131,3 +132,4 @@ def log_summary(config: Any, setup: StrategySetup, inputs: Inputs) -> None:
         inputs.steps_per_epoch,
         config.epochs,
     )
+    logger.info("augmentation (--augment): %s", describe(config.augment))

@@ -19,6 +19,21 @@ MAX_ROTATION = math.radians(10)
 JITTER = 0.2  # brightness, contrast and saturation within 1 ± JITTER
 
 
+def describe(level: str) -> str:
+    """What `level` does, for the log."""
+    crop = (
+        f"random resized crop ({CROP_SCALE[0]:.0%}-{CROP_SCALE[1]:.0%} of the area, aspect "
+        f"3/4-4/3), horizontal flip"
+    )
+    rotation = f"rotation up to {math.degrees(MAX_ROTATION):.0f} degrees"
+    jitter = f"brightness, contrast and saturation within 1 +/- {JITTER:g}"
+    return {
+        "none": "none",
+        "basic": f"basic: {crop}",
+        "strong": f"strong: {crop}, {rotation}, {jitter}",
+    }[level]
+
+
 def augment(images: Any, *, seed: Any, level: str) -> Any:
     """`images` (n, H, W, 3) uint8 or float32, augmented; the same dtype and range come back."""
     import tensorflow as tf

@@ -109,12 +109,7 @@ class Checkpointer:
             self.before_commit()
         marker = {"step": step, WEIGHTS: _sha256(weights), STATE: _sha256(state_bytes)}
         self.storage.write(self._path(step, COMMITTED), json.dumps(marker).encode())
-        logger.info(
-            "checkpoint %s written (epoch %s, batch %s)",
-            self._path(step),
-            state.get("epoch"),
-            state.get("batch"),
-        )
+        logger.info("checkpoint %s written (%s)", self._path(step), _position(step, state))
         self._prune(step)
 
     def _prune(self, newest: int) -> None:
@@ -174,3 +169,15 @@ class Checkpointer:
             self.last_saved_step = step
             return state
         return None
+
+
+def _position(step: int, state: dict) -> str:
+    """Where a checkpoint stands, counted as the progress lines count: epoch 1 is the first,
+    and a checkpoint at an epoch's end is that epoch's last step, not the next one's first."""
+    epoch, batch = state.get("epoch"), state.get("batch")
+    per_epoch = (state.get("plan") or {}).get("steps_per_epoch")
+    if epoch is None or batch is None or not per_epoch:
+        return f"step {step}"
+    if batch == 0 and epoch > 0:
+        epoch, batch = epoch - 1, per_epoch
+    return f"epoch {epoch + 1}, step {batch}/{per_epoch}"
