@@ -121,3 +121,17 @@ def test_launcher_wheel_installs_alone_and_renders_without_tensorflow(launcher_w
     ).stdout.lower()
     for heavy in ("tensorflow", "keras", "numpy", "streamtrain=="):
         assert heavy not in listed, heavy
+
+
+def test_the_launcher_builds_without_setuptools_warnings(source, tmp_path):
+    # Its manifest folders are declared as packages: undeclared, setuptools printed a boxed
+    # "Package would be ignored" warning for each of them on every install.
+    launcher = str(source / "scripts" / "launcher")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), launcher],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    output = built.stdout + built.stderr
+    assert "_Warning" not in output and "would be ignored" not in output, output[-3000:]
