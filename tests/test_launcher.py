@@ -315,6 +315,33 @@ def test_launcher_imports_no_tensorflow_or_numpy():
     assert "15  an object with the Job's name already exists (409)" in result.stdout
 
 
+def test_the_trainers_variables_are_written_out_alike():
+    from streamtrain_launcher.options import TRAINER_VARIABLES
+    from trainer.config.load import CONFIG_ENV
+    from trainer.config.table import FIELDS
+
+    assert {f.env for f in FIELDS} | {CONFIG_ENV} == TRAINER_VARIABLES
+
+
+def test_an_unknown_trainer_variable_is_warned_about_and_passed_on(kubeconfig, caplog):
+    with caplog.at_level(logging.WARNING):
+        code, out = run(
+            kubeconfig,
+            "--trainer-env",
+            "TRAINER_EPOCS=3",
+            "--trainer-env",
+            "TRAINER_EPOCHS=2",
+            "--dry-run",
+        )
+    assert code == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "--trainer-env TRAINER_EPOCS: the trainer reads no such variable, ignored; "
+        "did you mean TRAINER_EPOCHS?"
+    ]
+    assert "TRAINER_EPOCS" in out  # passed on all the same: the image may be newer
+
+
 def test_shared_exit_codes_equal_the_trainers():
     from trainer.errors import ExitCode
 

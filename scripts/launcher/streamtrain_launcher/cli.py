@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from streamtrain_launcher.exitcodes import EXIT_CODE_HELP, LaunchError, LaunchExit
-from streamtrain_launcher.options import LaunchOptions, job_name, validate
+from streamtrain_launcher.options import LaunchOptions, job_name, unknown_trainer_env, validate
 from streamtrain_launcher.render import find_kubectl, render, to_yaml
 
 logger = logging.getLogger("streamtrain.launch")
@@ -201,6 +201,8 @@ def launch(
     try:
         opts = options_from_args(args, environ)
         validate(opts)
+        for line in unknown_trainer_env(opts):
+            logger.warning("%s", line)
         name = job_name(opts)
         docs = render(opts, name=name, kubectl=find_kubectl(args.kubectl))
         if args.dry_run:

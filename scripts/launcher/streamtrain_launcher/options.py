@@ -12,6 +12,7 @@ message naming the flag instead of as a Job that crashes an hour later.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import secrets
@@ -47,6 +48,72 @@ MANAGED_ENV = frozenset(
         "TRAINER_WORKER_PORT",
         "TRAINER_JOB_NAME",
         "TRAINER_CACHE_DIR",
+    }
+)
+# Every TRAINER_* variable the trainer reads (its field table and TRAINER_CONFIG), written out
+# because the launcher is installed without the trainer; a test keeps the two equal.
+TRAINER_VARIABLES = frozenset(
+    {
+        "TRAINER_AUGMENT",
+        "TRAINER_BATCH_SIZE",
+        "TRAINER_CACHE_DIR",
+        "TRAINER_CACHE_SIZE_MB",
+        "TRAINER_CHECKPOINT_DIR",
+        "TRAINER_CHECKPOINT_EVERY",
+        "TRAINER_CLASSES",
+        "TRAINER_CLASS_WEIGHT",
+        "TRAINER_CLIP_NORM",
+        "TRAINER_COLLECTIVE_TIMEOUT_S",
+        "TRAINER_CONFIG",
+        "TRAINER_CPU_REPLICAS",
+        "TRAINER_DATA",
+        "TRAINER_DECODE_PROCESSES",
+        "TRAINER_DECODE_THREADS",
+        "TRAINER_DETERMINISTIC",
+        "TRAINER_DTYPE",
+        "TRAINER_EARLY_STOPPING_PATIENCE",
+        "TRAINER_EPOCHS",
+        "TRAINER_EXPECT_GPUS",
+        "TRAINER_FETCH_THREADS",
+        "TRAINER_FREEZE_EPOCHS",
+        "TRAINER_IMAGE_SIZE",
+        "TRAINER_INDEX",
+        "TRAINER_INIT_WEIGHTS",
+        "TRAINER_JIT_COMPILE",
+        "TRAINER_JOB_NAME",
+        "TRAINER_KEEP",
+        "TRAINER_KEEP_CHECKPOINTS",
+        "TRAINER_LABEL_SMOOTHING",
+        "TRAINER_LEARNING_RATE",
+        "TRAINER_LOGICAL_GPUS_PER_GPU",
+        "TRAINER_LOG_EVERY",
+        "TRAINER_LOG_FORMAT",
+        "TRAINER_LR_SCHEDULE",
+        "TRAINER_MAX_STEPS_PER_EPOCH",
+        "TRAINER_MIN_VAL_ACCURACY",
+        "TRAINER_MIXED_PRECISION",
+        "TRAINER_MODEL",
+        "TRAINER_MOMENTUM",
+        "TRAINER_NUM_WORKERS",
+        "TRAINER_ON_CORRUPT",
+        "TRAINER_OPTIMIZER",
+        "TRAINER_OUTPUT",
+        "TRAINER_PREFETCH_BATCHES",
+        "TRAINER_REMAINDER",
+        "TRAINER_REQUEST_TIMEOUT_S",
+        "TRAINER_RESIZE",
+        "TRAINER_SCALE_LR",
+        "TRAINER_SEED",
+        "TRAINER_STEPS_PER_EXECUTION",
+        "TRAINER_STORAGE_DEADLINE_S",
+        "TRAINER_TENSORBOARD_DIR",
+        "TRAINER_TRACE_STEPS",
+        "TRAINER_VAL_SPLIT",
+        "TRAINER_WARMUP_EPOCHS",
+        "TRAINER_WEIGHTS",
+        "TRAINER_WEIGHT_DECAY",
+        "TRAINER_WORKER_PORT",
+        "TRAINER_WORKER_SERVICE",
     }
 )
 MAX_GPUS = 16
@@ -129,6 +196,16 @@ def validate(opts: LaunchOptions) -> None:
             raise _bad("--trainer-env", f"{key!r}: only TRAINER_* variables can be set")
         if key in MANAGED_ENV:
             raise _bad("--trainer-env", f"{key} is set by the launcher's own flags")
+
+
+def unknown_trainer_env(opts: LaunchOptions) -> list[str]:
+    """One line per --trainer-env name the trainer does not read (it would ignore it)."""
+    lines = []
+    for key in sorted(set(opts.trainer_env) - TRAINER_VARIABLES):
+        close = difflib.get_close_matches(key, sorted(TRAINER_VARIABLES), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"--trainer-env {key}: the trainer reads no such variable, ignored{hint}")
+    return lines
 
 
 def job_name(opts: LaunchOptions) -> str:
