@@ -599,3 +599,33 @@ def test_class_names_are_trimmed_alike_in_train_and_pack() -> None:
     from trainer.config.validate import class_names
 
     assert class_names(" cat , dog", "--classes") == ("cat", "dog")
+
+
+@pytest.mark.parametrize(
+    ("data", "extra", "message"),
+    [
+        ("{d}", ["--output", "{d}/run"], r"--output .*/run is inside --data"),
+        ("{d}/.", ["--output", "{d}/run"], r"--output .*/run is inside --data"),
+        ("{link}", ["--output", "{d}/run"], r"--output .*/run is inside --data"),
+        ("{d}", ["--output", "{t}/o", "--checkpoint-dir", "{d}/ck"], r"--checkpoint-dir .*"),
+        ("{d}", ["--output", "{t}/o", "--tensorboard-dir", "{d}//tb"], r"--tensorboard-dir .*"),
+        ("{d}", ["--output", "{t}"], r"--data .* is inside --output"),
+        ("gs://bkt/d", ["--output", "gs://bkt/d/./run"], r"gs://bkt/d/./run is inside --data"),
+        ("gs://bkt/d/.", ["--output", "gs://bkt/d/run"], r"gs://bkt/d/run is inside --data"),
+        ("gs://bkt/d/x", ["--output", "gs://bkt/d"], r"gs://bkt/d/x is inside --output"),
+    ],
+)
+def test_paths_that_feed_into_each_other_are_refused(data_dir, tmp_path, data, extra, message):
+    (tmp_path / "link").symlink_to(data_dir)
+    names = {"d": data_dir, "t": str(tmp_path), "link": str(tmp_path / "link")}
+    argv = ["--data", data.format(**names), *(a.format(**names) for a in extra)]
+    with pytest.raises(ConfigError, match=message):
+        build_config(argv, env={})
+
+
+def test_outputs_beside_the_data_or_its_manifest_are_fine(data_dir, tmp_path):
+    build_config(["--data", data_dir, "--output", f"{data_dir}-run"], env={})
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,label\n")
+    build_config(["--data", str(manifest), "--output", str(tmp_path / "run")], env={})
+    build_config(["--data", "gs://bkt/d", "--output", "gs://bkt/d-run"], env={})

@@ -155,6 +155,7 @@ def _check_local_paths(cfg: TrainConfig, labels: Mapping[str, str]) -> None:
                 f"{label('data')}: {cfg.data} is a file but not a "
                 f"{' or '.join(MANIFEST_SUFFIXES)} manifest; pass a manifest or a directory"
             )
+    _check_not_nested(cfg, label)
     if cfg.init_weights and not _is_gcs(cfg.init_weights) and not Path(cfg.init_weights).is_file():
         raise ConfigError(f"{label('init_weights')}: {cfg.init_weights} is not a file")
     if cfg.index and not _is_gcs(cfg.index):
@@ -169,6 +170,38 @@ def _check_local_paths(cfg: TrainConfig, labels: Mapping[str, str]) -> None:
             _probe_writable(value, label(name))
     if cfg.cache_size_mb > 0 and cfg.cache_dir:
         _probe_writable(cfg.cache_dir, label("cache_dir"))
+
+
+def _check_not_nested(cfg: TrainConfig, label: Any) -> None:
+    """Outputs inside a class-folder --data would be read back as training data (a run folder
+    becomes a class, its confusion_matrix.png an image), and --data inside --output is where
+    a run writes: both are refused, however the paths are spelled (SRC/., a//b, links)."""
+    data = _location(cfg.data)
+    folder = not cfg.data.lower().rstrip("/").endswith(MANIFEST_SUFFIXES)
+    for name in ("output", "checkpoint_dir", "tensorboard_dir"):
+        place = _location(getattr(cfg, name))
+        if folder and _inside(place, data):
+            raise ConfigError(
+                f"{label(name)}: {getattr(cfg, name)} is inside {label('data')} {cfg.data}, "
+                "where the next listing would read it as training data; write outside it"
+            )
+    if _inside(data, _location(cfg.output)):
+        raise ConfigError(
+            f"{label('data')}: {cfg.data} is inside {label('output')} {cfg.output}, which the "
+            "run writes into; keep the data outside the run's output"
+        )
+
+
+def _location(uri: str) -> str:
+    """`uri` spelled one way: gs:// paths normalised, local ones absolute with links resolved."""
+    if _is_gcs(uri):
+        bucket, _, path = uri[len("gs://") :].partition("/")
+        return f"gs://{bucket}{os.path.normpath('/' + path).rstrip('/')}"
+    return os.path.realpath(uri)
+
+
+def _inside(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def _is_gcs(uri: str) -> bool:
