@@ -2,10 +2,11 @@
 
 It starts gcp-storage-emulator on loopback, seeds a bucket with a generated dataset (three
 classes of shapes, JPEG and PNG of mixed sizes), trains `small_cnn` with MirroredStrategy over
-two logical CPU devices reading `gs://`, writes every output back to the bucket, and prints a
-summary: validation accuracy and where each output is.
+two logical CPU devices reading `gs://`, writes every output back to the bucket, copies them to
+a local folder that outlives the emulator (`demo-output/` by default), and prints a summary:
+validation accuracy and where each output is.
 
-    python -m trainer.dev.demo [--keep-running] [--epochs N]
+    python -m trainer.dev.demo [--keep-running] [--epochs N] [--output-dir DIR]
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 from trainer.dev.emulator import EMULATOR_ENV, Emulator
@@ -47,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-running",
         action="store_true",
-        help="leave the emulator up after training, to browse the outputs",
+        help="leave the emulator up after training, to browse the bucket; Ctrl-C or SIGTERM "
+        "ends it",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="demo-output",
+        help="where the run's outputs are copied to, to open after the demo ends (default "
+        "%(default)s; replaced on every run)",
     )
     args = parser.parse_args(argv)
     setup_logging(0)
@@ -99,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         except TrainerError as e:
             logger.error("%s", e)
             code = int(e.exit_code)
-        metrics = json.loads(storage.read(f"{output}/metrics.json"))
-        outputs = sorted(storage.list(output))
+        local = _copy_outputs(storage, output, args.output_dir)
+        metrics = json.loads((local / "metrics.json").read_text())
         summary = [
             "",
             f"streamtrain demo: exit code {code} in {time.monotonic() - started:.0f} s",
@@ -110,33 +121,52 @@ def main(argv: list[str] | None = None) -> int:
             f"  validation accuracy: {metrics['final'].get('val_accuracy', float('nan')):.4f} "
             f"(gate 0.9: {'passed' if metrics['quality_gate']['passed'] else 'FAILED'})",
             f"  images/s:            {metrics['images_per_s']:.0f}",
-            f"  outputs under {output}/ (emulator {emulator.url}):",
+            f"  outputs, copied from {output}/ to {local}/:",
         ]
+        version = metrics.get("exported", {}).get("version", "?")
         for name in (
             "model.keras",
-            f"saved_model/{metrics.get('exported', {}).get('version', '?')}/saved_model.pb",
+            f"saved_model/{version}/",
             "labels.txt",
             "metrics.json",
+            "confusion_matrix.png",
             "BLESSED",
             "_SUCCESS",
         ):
-            uri = f"{output}/{name}"
-            summary.append(f"    {name:28s} {'present' if uri in outputs else 'MISSING'}")
-        summary.append(
-            f"    {'checkpoints/':28s} {sum('/checkpoints/' in u for u in outputs)} objects"
-        )
-        summary.append(
-            f"    {'tensorboard/':28s} {sum('/tensorboard/' in u for u in outputs)} event files"
-        )
+            there = (local / name).exists()
+            summary.append(f"    {name:28s} {local / name if there else 'MISSING'}")
+        for folder, what in (("checkpoints", "objects"), ("tensorboard", "event files")):
+            files = [p for p in (local / folder).rglob("*") if p.is_file()]
+            summary.append(f"    {folder + '/':28s} {local / folder} ({len(files)} {what})")
         print("\n".join(summary))  # noqa: T201 - the demo's report to the user
         if args.keep_running:
             print(f"emulator left running at {emulator.url}; Ctrl-C to stop")  # noqa: T201
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            _wait_for_stop()
     return code
+
+
+def _copy_outputs(storage, output: str, directory: str):
+    """Every object under `output`, copied to `directory` (replaced), which outlives the demo."""
+    from pathlib import Path
+
+    local = Path(directory).resolve()
+    shutil.rmtree(local, ignore_errors=True)
+    for uri in storage.list(output):
+        path = local / uri[len(output) :].lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.download_file(uri, str(path))
+    return local
+
+
+def _wait_for_stop() -> None:
+    """Until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":
