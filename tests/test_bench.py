@@ -14,30 +14,6 @@ import pytest
 from support import bench
 from support.trainer_runs import environ
 
-NAMES = {
-    "seed_sequence",
-    "tf_data",
-    "image_sequence_local",
-    "image_sequence_local_threads",
-    "image_sequence_gcs_latency",
-    "decode_limit",
-    "tf_data_tfrecord",
-    "packed_local",
-    "packed_local_threads",
-    "packed_local_1process",
-    "packed_gcs_latency",
-    "image_sequence_local_b256",
-    "packed_local_b256",
-    "memcpy",
-    "feed_ceiling",
-    "feed_ceiling_1replica",
-    "feed_ceiling_2workers",
-    "train_end_to_end",
-    "packed_decode_448",
-    "packed_decode_256",
-    "packed_decode_256_raw",
-}
-
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
