@@ -684,7 +684,7 @@ def test_launcher_dry_run_validates_strictly(tmp_path, overlay):
 
 
 @pytest.mark.parametrize("overlay", ["gke", "multi-worker", "jobset"])
-def test_every_overlay_logs_json_lines_the_trainer_accepts(rendered, overlay):
+def test_every_overlay_logs_json_lines_the_trainer_accepts(rendered, overlay, tmp_path):
     from trainer.config import build_config
 
     docs = docs_of(rendered[overlay].read_text())
@@ -694,7 +694,9 @@ def test_every_overlay_logs_json_lines_the_trainer_accepts(rendered, overlay):
     (container,) = jobs[0]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TRAINER_LOG_FORMAT"] == "json"
+    (tmp_path / "data").mkdir()
     cfg = build_config(
-        ["--data", "/tmp", "--output", "/tmp/out"], env={"TRAINER_LOG_FORMAT": "json"}
+        ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "out")],
+        env={"TRAINER_LOG_FORMAT": "json"},
     )
     assert cfg.log_format == "json"
