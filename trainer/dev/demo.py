@@ -138,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         for folder, what in (("checkpoints", "objects"), ("tensorboard", "event files")):
             files = [p for p in (local / folder).rglob("*") if p.is_file()]
             summary.append(f"    {folder + '/':28s} {local / folder} ({len(files)} {what})")
-        print("\n".join(summary))  # noqa: T201 - the demo's report to the user
+        print("\n".join(summary), flush=True)  # noqa: T201 - the demo's report to the user
         if args.keep_running:
-            print(f"emulator left running at {emulator.url}; Ctrl-C to stop")  # noqa: T201
-            _wait_for_stop()
+            stop = _stop_on_sigterm()  # before the line: a SIGTERM right after it must count
+            print(f"emulator left running at {emulator.url}; Ctrl-C to stop", flush=True)  # noqa: T201
+            _wait_for(stop)
     return code
 
 
@@ -158,10 +159,15 @@ def _copy_outputs(storage, output: str, directory: str):
     return local
 
 
-def _wait_for_stop() -> None:
-    """Until Ctrl-C or SIGTERM."""
+def _stop_on_sigterm() -> threading.Event:
+    """An event that SIGTERM sets (the trainer's own handler, still installed, only votes)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for(stop: threading.Event) -> None:
+    """Until `stop` is set, or Ctrl-C."""
     try:
         while not stop.wait(1):
             pass
