@@ -22,8 +22,12 @@ Configurations (batch 32, target 224x224 where batching applies):
   decode_limit                read + decode_image per file on all cores, no batching (threads
                               and processes both tried; the faster one is reported)
   tf_data_tfrecord, packed_local, packed_local_threads, packed_local_1process,
-  packed_gcs_latency
-                              the packed data (trainer pack --max-side 448): support.bench_packed
+  packed_gcs_latency, packed_decode_448, packed_decode_256, packed_decode_256_raw
+                              the packed data (trainer pack --max-side 448, or --short-side 256):
+                              support.bench_packed
+  image_sequence_local_b256, packed_local_b256, memcpy, feed_ceiling, feed_ceiling_1replica,
+  feed_ceiling_2workers, train_end_to_end
+                              batch 256, and batches into TensorFlow: support.bench_feed
 
 The emulator serves one request at a time, so one emulator behind a latency proxy would measure
 the emulator. K emulators started with the same `--data-dir` all serve the objects seeded once
