@@ -177,15 +177,17 @@ def _check_not_nested(cfg: TrainConfig, label: Any) -> None:
     becomes a class, its confusion_matrix.png an image), and --data inside --output is where
     a run writes: both are refused, however the paths are spelled (SRC/., a//b, links)."""
     data = _location(cfg.data)
-    folder = not cfg.data.lower().rstrip("/").endswith(MANIFEST_SUFFIXES)
-    for name in ("output", "checkpoint_dir", "tensorboard_dir"):
-        place = _location(getattr(cfg, name))
-        if folder and _inside(place, data):
-            raise ConfigError(
-                f"{label(name)}: {getattr(cfg, name)} is inside {label('data')} {cfg.data}, "
-                "where the next listing would read it as training data; write outside it"
-            )
-    if _inside(data, _location(cfg.output)):
+    places = {
+        n: _location(getattr(cfg, n)) for n in ("output", "checkpoint_dir", "tensorboard_dir")
+    }
+    if not cfg.data.lower().rstrip("/").endswith(MANIFEST_SUFFIXES):
+        for name, place in places.items():
+            if _inside(place, data):
+                raise ConfigError(
+                    f"{label(name)}: {getattr(cfg, name)} is inside {label('data')} {cfg.data}, "
+                    "where the next listing would read it as training data; write outside it"
+                )
+    if _inside(data, places["output"]):
         raise ConfigError(
             f"{label('data')}: {cfg.data} is inside {label('output')} {cfg.output}, which the "
             "run writes into; keep the data outside the run's output"

@@ -27,6 +27,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
     return _view(np.empty(_nbytes(shape, dtype) + ALIGN, np.uint8), shape, dtype)
 
 
+def aligned_copy(x: np.ndarray) -> np.ndarray:
+    """`x` in memory TensorFlow takes without another copy."""
+    out = aligned_empty(x.shape, x.dtype)
+    np.copyto(out, x)
+    return out
+
+
 def is_aligned(x: np.ndarray) -> bool:
     """Whether TensorFlow can take `x` without a copy."""
     return x.flags.c_contiguous and x.ctypes.data % ALIGN == 0

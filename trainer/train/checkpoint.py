@@ -174,10 +174,10 @@ class Checkpointer:
 def _position(step: int, state: dict) -> str:
     """Where a checkpoint stands, counted as the progress lines count: epoch 1 is the first,
     and a checkpoint at an epoch's end is that epoch's last step, not the next one's first."""
-    epoch, batch = state.get("epoch"), state.get("batch")
     per_epoch = (state.get("plan") or {}).get("steps_per_epoch")
-    if epoch is None or batch is None or not per_epoch:
+    if not per_epoch:
         return f"step {step}"
+    epoch, batch = divmod(step, per_epoch)
     if batch == 0 and epoch > 0:
         epoch, batch = epoch - 1, per_epoch
     return f"epoch {epoch + 1}, step {batch}/{per_epoch}"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.batch_buffers import aligned_empty, is_aligned
+from trainer.data.batch_buffers import aligned_copy, is_aligned
 from trainer.data.sequence import ImageSequence
 from trainer.distribute.strategy import StrategySetup
 
@@ -38,13 +38,6 @@ def split_per_replica(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts:
         if not is_aligned(pixels):  # e.g. 299 px rows: TensorFlow would copy it, slowly
             pixels = aligned_copy(pixels)
         yield (pixels, y[piece]) if w is None else (pixels, y[piece], w[piece])
-
-
-def aligned_copy(x: np.ndarray) -> np.ndarray:
-    """`x` in memory TensorFlow takes without another copy."""
-    out = aligned_empty(x.shape, x.dtype)
-    np.copyto(out, x)
-    return out
 
 
 class Feed:

@@ -183,7 +183,6 @@ def build_inputs(
         prefetch_batches=config.prefetch_batches,
         cache=cache,
         counters=counters,
-        quarantine_uri=quarantine_uri,
         quarantine=Quarantine(
             config.on_corrupt, storage=storage, counters=counters, report_uri=quarantine_uri
         ),
