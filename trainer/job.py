@@ -17,6 +17,7 @@ from typing import Any
 from trainer.data.counters import Counters
 from trainer.data.storage import Storage
 from trainer.distribute.cluster import Cluster, cluster_from_env
+from trainer.distribute.peers import wait_for_peers
 from trainer.distribute.strategy import StrategySetup
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
@@ -95,6 +96,7 @@ def find_cluster(config: Any) -> Cluster:
 def start_strategy(config: Any, cluster: Cluster) -> StrategySetup:
     from trainer.distribute.strategy import make_strategy
 
+    wait_for_peers(cluster, timeout_s=config.peer_wait_s)
     return make_strategy(
         cluster=cluster,
         cpu_replicas=config.cpu_replicas,

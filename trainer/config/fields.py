@@ -448,6 +448,14 @@ class TrainConfig:
         gt=0,
         metavar="SECONDS",
     )
+    peer_wait_s: float = _opt(
+        600.0,
+        help="multi-worker only: before TensorFlow starts, wait this long for every peer to "
+        "resolve and accept a connection, then exit with code 6 naming the missing one",
+        group="Multi-worker",
+        gt=0,
+        metavar="SECONDS",
+    )
 
     def __post_init__(self) -> None:
         # The field table and its converters are built from this class: imported at use.

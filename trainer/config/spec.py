@@ -55,7 +55,8 @@ EXIT_CODE_MEANINGS: Mapping[ExitCode, str] = types.MappingProxyType(
             "the object store kept failing past --storage-deadline-s: retry later"
         ),
         ExitCode.PEER_LOST: (
-            "another worker of a multi-worker job was lost: restart the job, it resumes"
+            "another worker of a multi-worker job was lost, or not reachable within "
+            "--peer-wait-s at the start: restart the job, it resumes"
         ),
         ExitCode.TERMINATED: (
             "terminated (SIGTERM): a checkpoint was written, restarting resumes the run"
