@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml scripts/launcher/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[cpu,dev]' -e ./scripts/launcher
 	touch $@
 
+# checkov in a venv of its own; a real Prometheus server (Debian's package) for tests/test_telemetry.py.
 tools: $(CHECKOV_STAMP)
+	command -v prometheus >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 $(CHECKOV_STAMP):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)

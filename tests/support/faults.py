@@ -1,7 +1,8 @@
 """Deterministic fault injection at the trainer's hook points, for the reliability suite.
 
 `STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
-run reaches POINT, the process sends itself SIGNAL (TERM by default, or KILL). Only the test
+run reaches POINT, the process sends itself SIGNAL (TERM by default, or KILL). `slow@SECONDS`
+makes every step take that much longer. Only the test
 entry point `tests/support/with_faults.py` reads it and hands the plan to the trainer as its hooks.
 
     plan = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
@@ -16,6 +17,7 @@ import collections
 import logging
 import os
 import signal
+import time
 from collections.abc import Mapping
 
 from trainer.errors import ConfigError
@@ -32,20 +34,25 @@ class FaultPlan:
         self,
         faults: dict[str, list[tuple[int, signal.Signals]]] | None = None,
         overflow_step: int = -1,
+        step_delay: float = 0.0,
     ) -> None:
         self._faults = faults or {}
         self._hits: collections.Counter[str] = collections.Counter()
         # `overflow@N`: the loss of replica 1 is made non-finite at global step N (0-based).
         self.overflow_step = overflow_step
+        self.step_delay = step_delay
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaultPlan:
         spec = env.get(ENV, "").strip()
         faults: dict[str, list[tuple[int, signal.Signals]]] = {}
-        overflow = -1
+        overflow, delay = -1, 0.0
         for item in filter(None, (part.strip() for part in spec.split(","))):
             if item.startswith("overflow@"):
                 overflow = int(item.removeprefix("overflow@"))
+                continue
+            if item.startswith("slow@"):
+                delay = float(item.removeprefix("slow@"))
                 continue
             try:
                 where, _, sig = item.partition(":")
@@ -58,11 +65,13 @@ class FaultPlan:
                     f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL] "
                     f"with POINT one of {', '.join(POINTS)}"
                 ) from None
-        if faults or overflow >= 0:
+        if faults or overflow >= 0 or delay:
             logger.warning("fault injection armed: %s", spec)
-        return cls(faults, overflow)
+        return cls(faults, overflow, delay)
 
     def reached(self, point: str) -> None:
+        if point == "step" and self.step_delay:
+            time.sleep(self.step_delay)
         if point not in self._faults:
             return
         self._hits[point] += 1

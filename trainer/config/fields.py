@@ -143,6 +143,15 @@ class TrainConfig:
         gt=0,
         metavar="N",
     )
+    metrics_port: int | None = _opt(
+        None,
+        help="serve Prometheus metrics (step, images/s, data wait, ETA, storage and decode "
+        "counters) on this port at /metrics; off when unset",
+        group="Output",
+        ge=1,
+        le=65535,
+        metavar="PORT",
+    )
     min_val_accuracy: float | None = _opt(
         None,
         help="quality gate: exit with code 3 when the final validation accuracy is lower",

@@ -35,6 +35,7 @@ from trainer.train.inputs import Inputs
 from trainer.train.preemption import StopFlag
 from trainer.train.resume import patience_ran_out, resume
 from trainer.train.step import CompiledSteps, compile_steps, step_options
+from trainer.train.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class TrainLoop:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.feed = Feed(setup, image_size=tuple(config.image_size), dtype=config.dtype)
         self.trace: list[list[Any]] = []
+        self.telemetry: Telemetry | None = None
         # Per epoch, which training samples this worker fed: summed over workers at its end.
         self.fed: dict[int, np.ndarray] = {}
         self.best = BestWeights(
@@ -77,6 +79,21 @@ class TrainLoop:
             raise
         finally:
             self.feed.close()
+            if self.telemetry is not None:
+                self.telemetry.close()
+
+    def start_telemetry(self, step: int) -> Telemetry | None:
+        """Prometheus metrics on --metrics-port, when set."""
+        if self.config.metrics_port is None:
+            return None
+        self.telemetry = Telemetry(
+            self.counters,
+            worker=self.setup.cluster.task_index,
+            total_steps=self.total_steps,
+            start_step=step,
+        )
+        self.telemetry.serve(self.config.metrics_port)
+        return self.telemetry
 
     def plan_key(self) -> dict[str, Any]:
         """What the data order depends on, and the dtype policy the optimizer state is for."""
@@ -135,6 +152,7 @@ class TrainLoop:
                 self.inputs.train_seq, start_step=step, total_steps=self.total_steps, fed=self.fed
             )
         )
+        telemetry = self.start_telemetry(step)
         window, epoch_meter = metrics.Meter(self.counters), metrics.Meter(self.counters)
         window_start, progbar, stopped_early = (
             step,
@@ -161,6 +179,8 @@ class TrainLoop:
             step += steps
             for _ in range(steps):
                 self.hooks.reached("step")
+            if telemetry is not None:
+                telemetry.steps_done(step=step, epoch=epoch, samples=chunk[2], steps=steps)
             totals += chunk[:3]
             window.add(chunk[2])
             epoch_meter.add(chunk[2])
