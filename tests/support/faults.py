@@ -2,7 +2,8 @@
 
 `STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
 run reaches POINT, the process sends itself SIGNAL (TERM by default, KILL, or STOP: frozen
-until a SIGCONT, a trainer caught mid-run). Only the test entry point `tests/support/with_faults.py` reads it and hands the plan to the trainer as its hooks.
+until a SIGCONT, a trainer caught mid-run). Only the test entry point
+`tests/support/with_faults.py` reads it and hands the plan to the trainer as its hooks.
 
     plan = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
     trainer.cli.main(["train", ...], hooks=plan)
