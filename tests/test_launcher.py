@@ -641,3 +641,106 @@ def test_jobset_name_may_use_every_character_its_pod_names_leave(api, kubeconfig
     code, out = run(kubeconfig, "--workers=2", f"--name={name}", "--dry-run", overlay="jobset")
     assert code == LaunchExit.OK
     assert f"name: {name}" in out
+
+
+def fuse_manifests(tmp_path: Path) -> Path:
+    """A copy of k8s/ with an overlay `fuse`: gke plus components/gcsfuse (/data, read-only)."""
+    import shutil
+
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    (manifests / "overlays" / "fuse").mkdir()
+    (manifests / "overlays" / "fuse" / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../../base]\ncomponents:\n  - ../../components/gke\n"
+        "  - ../../components/gcsfuse\n  - ../../components/params\n"
+    )
+    return manifests
+
+
+def dry_run(*flags: str, manifests: Path | None = None) -> tuple[int, str]:
+    out = io.StringIO()
+    code = launch(
+        [
+            "--dry-run",
+            f"--kubectl={KUBECTL}",
+            "--image=us-docker.pkg.dev/proj/st/trainer:3f2a1bc",
+            *([f"--manifests={manifests}"] if manifests else []),
+            *flags,
+        ],
+        environ={},
+        out=out,
+    )
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "output", "overlay", "message"),
+    [
+        (
+            "/home/me/flowers",
+            "gs://model-bkt/run1",
+            "gke",
+            "--data: '/home/me/flowers' is not on any volume of the pod (overlay gke mounts "
+            "/dev/shm, /tmp, /var/cache/streamtrain in the trainer container); use a gs:// URI, "
+            "or an overlay that mounts it (e.g. with components/gcsfuse",
+        ),
+        (
+            "gs://data-bkt/flowers",
+            "/tmp/run1",
+            "gke",
+            "--output: '/tmp/run1' is on /tmp, a scratch emptyDir of the pod (volume tmp)",
+        ),
+        (
+            "/var/cache/streamtrain/flowers",
+            "gs://model-bkt/run1",
+            "multi-worker",
+            "--data: '/var/cache/streamtrain/flowers' is on /var/cache/streamtrain, a scratch",
+        ),
+        (
+            "/data/flowers",
+            "gs://model-bkt/run1",
+            "jobset",
+            "--data: '/data/flowers' is not on any volume of the pod (overlay jobset",
+        ),
+        (
+            "gs://data-bkt/flowers",
+            "/data/run1",
+            "fuse",
+            "--output: '/data/run1' is on /data, which the pod mounts read-only",
+        ),
+        (
+            "/data/../tmp/flowers",
+            "gs://model-bkt/run1",
+            "fuse",
+            "--data: '/data/../tmp/flowers' is on /tmp, a scratch emptyDir",
+        ),
+    ],
+)
+def test_a_path_on_no_lasting_volume_of_the_pod_exits_2(
+    tmp_path, caplog, data, output, overlay, message
+):
+    manifests = fuse_manifests(tmp_path) if overlay == "fuse" else None
+    workers = ["--workers=2"] if overlay in ("multi-worker", "jobset") else []
+    code, out = dry_run(
+        f"--data={data}",
+        f"--output={output}",
+        f"--overlay={overlay}",
+        *workers,
+        manifests=manifests,
+    )
+    assert code == LaunchExit.BAD_INPUT
+    assert out == ""
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_a_path_on_the_gcsfuse_mount_is_accepted(tmp_path):
+    code, out = dry_run(
+        "--data=/data/datasets/flowers",
+        "--output=gs://model-bkt/run1",
+        "--overlay=fuse",
+        manifests=fuse_manifests(tmp_path),
+    )
+    assert code == LaunchExit.OK, out
+    assert "value: /data/datasets/flowers" in out

@@ -22,8 +22,10 @@ from trainer.distribute.strategy import StrategySetup
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
 from trainer.train.augment import describe
+from trainer.train.finished import complete_run
 from trainer.train.hooks import Hooks, NoHooks
 from trainer.train.inputs import Inputs, build_inputs, load_data
+from trainer.train.lease import OutputLease
 from trainer.train.preemption import StopFlag
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,20 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
         request_timeout_s=config.request_timeout_s,
         counters=counters,
     )
+    lease = None
     try:
         outputs = Outputs(config.output, storage=storage)
         cluster = find_cluster(config)
         data = load_data(config, storage)
         if cluster.is_chief:
             storage.check_writable(outputs.root)
+            # One trainer per --output; other workers write nothing there.
+            lease = OutputLease(outputs.root, storage=storage, job_name=config.job_name)
+            lease.acquire()
+        done = complete_run(config, outputs, storage, fingerprint=data.index.fingerprint())
+        if done is not None:
+            logger.info("%s", done)
+            return 0
         # TensorFlow loads only now: bad configuration and data failed above within a second.
         setup = start_strategy(config, cluster)
         stop = StopFlag()
@@ -79,6 +89,8 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
             hooks=hooks,
         )
     finally:
+        if lease is not None:
+            lease.release()
         with contextlib.suppress(Exception):
             storage.close()
 

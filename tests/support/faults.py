@@ -1,9 +1,10 @@
 """Deterministic fault injection at the trainer's hook points, for the reliability suite.
 
 `STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
-run reaches POINT, the process sends itself SIGNAL (TERM by default, or KILL). `slow@SECONDS`
-makes every step take that much longer. Only the test
-entry point `tests/support/with_faults.py` reads it and hands the plan to the trainer as its hooks.
+run reaches POINT, the process sends itself SIGNAL (TERM by default, KILL, or STOP: frozen
+until a SIGCONT, a trainer caught mid-run). `slow@SECONDS` makes every step take that much
+longer. Only the test entry point `tests/support/with_faults.py` reads it and hands the plan to
+the trainer as its hooks.
 
     plan = FaultPlan.from_env(os.environ)   # STREAMTRAIN_FAULT="checkpoint_write@2:KILL"
     trainer.cli.main(["train", ...], hooks=plan)
@@ -26,7 +27,7 @@ from trainer.train.hooks import POINTS
 logger = logging.getLogger(__name__)
 
 ENV = "STREAMTRAIN_FAULT"
-_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
 
 
 class FaultPlan:
@@ -62,7 +63,7 @@ class FaultPlan:
                 faults.setdefault(point, []).append((int(count), _SIGNALS[sig or "TERM"]))
             except ValueError:
                 raise ConfigError(
-                    f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL] "
+                    f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL|STOP] "
                     f"with POINT one of {', '.join(POINTS)}"
                 ) from None
         if faults or overflow >= 0 or delay:

@@ -252,6 +252,67 @@ class Storage:
                 "storage.objects.delete (roles/storage.objectAdmin)",
             )
 
+    # --- generation-matched writes (gs:// only): the output lease ------------------------------
+
+    def stat_generation(self, uri: str) -> tuple[int, dict[str, str], float] | None:
+        """(generation, custom metadata, unix time last written) of gs:// object `uri`, or None."""
+        bucket, key = split_gcs(uri)
+
+        def run() -> tuple[int, dict[str, str], float] | None:
+            blob = (
+                self._gcs.client()
+                .bucket(bucket)
+                .get_blob(key, retry=self._gcs.retry, timeout=self._gcs.timeout)
+            )
+            if blob is None:
+                return None
+            updated = blob.updated.timestamp() if blob.updated else time.time()
+            return int(blob.generation), dict(blob.metadata or {}), updated
+
+        return self._gcs.call(uri, "read the object's metadata", run, "storage.objects.get")
+
+    def write_if_generation(
+        self, uri: str, data: bytes, *, generation: int, metadata: dict[str, str] | None = None
+    ) -> int | None:
+        """Writes gs:// object `uri` only if its generation is `generation` (0: only if it does
+        not exist); returns the new generation, or None when the precondition failed."""
+        bucket, key = split_gcs(uri)
+        blob = self._gcs.client().bucket(bucket).blob(key)
+        blob.metadata = metadata
+
+        def run() -> int | None:
+            try:
+                blob.upload_from_string(
+                    data,
+                    content_type="application/json",
+                    if_generation_match=generation,
+                    retry=self._gcs.retry,
+                    timeout=self._gcs.timeout,
+                )
+            except api_exceptions.PreconditionFailed:
+                return None
+            return int(blob.generation)
+
+        return self._gcs.call(uri, "write the object", run, "storage.objects.create")
+
+    def delete_if_generation(self, uri: str, *, generation: int) -> bool:
+        """Deletes gs:// object `uri` only if its generation is `generation`; True if deleted."""
+        bucket, key = split_gcs(uri)
+        blob = self._gcs.client().bucket(bucket).blob(key)
+
+        def run() -> bool:
+            try:
+                blob.delete(
+                    if_generation_match=generation,
+                    retry=self._gcs.retry,
+                    timeout=self._gcs.timeout,
+                )
+            except (api_exceptions.PreconditionFailed, api_exceptions.NotFound):
+                return False
+            return True
+
+        return self._gcs.call(uri, "delete the object", run, "storage.objects.delete")
+
     def upload_dir(self, local_dir: str, uri: str) -> None:
         """Copy the tree under `local_dir` to `uri` (e.g. a SavedModel).
 

@@ -57,7 +57,10 @@ class Checkpointer:
         writer: bool = True,
         before_commit: Callable[[], None] | None = None,
     ) -> None:
-        self.directory = directory.rstrip("/")
+        # Listings of a local folder are absolute paths: a relative --output must match them.
+        self.directory = (
+            directory.rstrip("/") if storage_lib.is_gcs(directory) else os.path.abspath(directory)
+        )
         self.storage = storage
         self.keep = keep
         self.writer = writer

@@ -153,7 +153,7 @@ def validate_uri(flag: str, uri: str) -> None:
             raise _bad(flag, f"{uri!r} has an empty path segment")
         return
     if uri.startswith("/"):
-        # A path inside the pod: a volume an overlay mounts.
+        # A path inside the pod: render.check_paths checks it against the rendered mounts.
         return
     raise _bad(flag, f"{uri!r} must be a gs:// URI or an absolute path inside the pod")
 

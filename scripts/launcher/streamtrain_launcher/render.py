@@ -14,6 +14,7 @@ trainer container and, for a JobSet overlay, that the JobSet's workers are the J
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,67 @@ def check_jobset(opts: LaunchOptions, jobset: dict[str, Any]) -> None:
             )
 
 
+def pod_specs(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod spec of a Job, or of each of a JobSet's replicated Jobs."""
+    if workload["kind"] == "JobSet":
+        return [
+            r["template"]["spec"]["template"]["spec"]
+            for r in workload["spec"].get("replicatedJobs") or []
+        ]
+    return [workload["spec"]["template"]["spec"]]
+
+
+def check_path(flag: str, path: str, pod: dict[str, Any], *, overlay: str) -> None:
+    """An absolute --data/--output must lie on a lasting volume the trainer container mounts
+    (read-write for --output); a scratch emptyDir (/tmp, the cache, /dev/shm) goes with the pod."""
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    mounts = [
+        m
+        for c in pod.get("containers") or []
+        if c.get("name") == "trainer"
+        for m in c.get("volumeMounts") or []
+    ]
+    target = posixpath.normpath(path)
+    under = [
+        m
+        for m in mounts
+        if target == posixpath.normpath(m["mountPath"])
+        or target.startswith(posixpath.normpath(m["mountPath"]).rstrip("/") + "/")
+    ]
+    remedy = (
+        "use a gs:// URI, or an overlay that mounts it (e.g. with components/gcsfuse, which "
+        "mounts FUSE_BUCKET at /data)"
+    )
+    if not under:
+        mounted = ", ".join(sorted(m["mountPath"] for m in mounts)) or "nothing"
+        raise LaunchError(
+            f"{flag}: {path!r} is not on any volume of the pod (overlay {overlay} mounts "
+            f"{mounted} in the trainer container); {remedy}",
+            LaunchExit.BAD_INPUT,
+        )
+    mount = max(under, key=lambda m: len(posixpath.normpath(m["mountPath"])))
+    if "emptyDir" in volumes.get(mount.get("name"), {}):
+        raise LaunchError(
+            f"{flag}: {path!r} is on {mount['mountPath']}, a scratch emptyDir of the pod "
+            f"(volume {mount.get('name')}), deleted with it; {remedy}",
+            LaunchExit.BAD_INPUT,
+        )
+    if flag == "--output" and mount.get("readOnly"):
+        raise LaunchError(
+            f"--output: {path!r} is on {mount['mountPath']}, which the pod mounts read-only; "
+            "use a gs:// URI for --output",
+            LaunchExit.BAD_INPUT,
+        )
+
+
+def check_paths(opts: LaunchOptions, workload: dict[str, Any]) -> None:
+    """Every absolute --data/--output path against the rendered pods' mounts."""
+    for flag, path in (("--data", opts.data), ("--output", opts.output)):
+        if path.startswith("/"):
+            for pod in pod_specs(workload):
+                check_path(flag, path, pod, overlay=opts.overlay)
+
+
 def render(opts: LaunchOptions, *, name: str, kubectl: str) -> list[dict[str, Any]]:
     """The submission's manifests, checked to hold one Job or JobSet that fits `opts`."""
     with tempfile.TemporaryDirectory(prefix="streamtrain-launch-") as tmp:
@@ -196,6 +258,7 @@ def render(opts: LaunchOptions, *, name: str, kubectl: str) -> list[dict[str, An
         workload = workload_of(docs)
     except LaunchError as e:
         raise LaunchError(f"--overlay {opts.overlay}: {e}", e.exit_code) from None
+    check_paths(opts, workload)
     if workload["kind"] == "JobSet":
         check_jobset(opts, workload)
     elif opts.workers > 1 and workload["spec"].get("completionMode") != "Indexed":
