@@ -9,8 +9,8 @@ import os
 
 import pytest
 
+from trainer.config.labels import json_label, label_problem
 from trainer.data.index import discover
-from trainer.data.labels import json_label, label_problem
 from trainer.data.localwalk import list_files
 from trainer.data.storage import Storage
 from trainer.errors import DataError

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainer.config.fields import TrainConfig
+from trainer.config.labels import label_problem, shown
 from trainer.config.spec import BACKBONE_SUFFIXES, MANIFEST_SUFFIXES, WEIGHTS_SUFFIXES, ImageSize
 from trainer.config.table import FIELD_BY_NAME, Field, format_value
-from trainer.data.labels import label_problem, shown
 from trainer.errors import ConfigError
 
 

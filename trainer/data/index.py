@@ -5,8 +5,11 @@ Two layouts are understood:
 * class folders, ``root/<class>/<image>``, local or ``gs://bucket/prefix``: class names are the
   sub-folder names sorted exactly as ``keras.utils.image_dataset_from_directory`` sorts them, so a
   model trained here and one trained on the same folder with Keras agree on label ids;
-* a manifest, a ``.csv`` (``uri,label`` rows, optional header) or ``.jsonl`` (``{"uri": ...,
-  "label": ...}`` lines) file stored anywhere; relative URIs are resolved against its folder.
+* a manifest, a ``.csv`` (``uri,label`` rows after a ``uri,label`` header, or from the first
+  line if that is an image row) or ``.jsonl`` (``{"uri": ..., "label": ...}`` lines) file
+  stored anywhere; relative URIs are resolved against its folder and normalised (``d/../x``
+  and ``d//x`` are ``x``), so an image listed twice is found. Labels follow
+  trainer.config.labels.
 
 The result is a `DatasetIndex`: plain data (URIs, integer labels, class names) that can be saved to
 and loaded from a JSON file, so that a bucket of a million objects is listed once.
@@ -31,9 +34,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from trainer.config.labels import json_label, label_problem, shown
 from trainer.data import storage as storage_lib
 from trainer.data.gcs import GCS_SCHEME
-from trainer.data.labels import json_label, label_problem, shown
 from trainer.data.storage import Storage
 from trainer.errors import DataError, StorageNotFoundError
 
