@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainer.config.fields import TrainConfig
+from trainer.config.labels import label_problem, shown
 from trainer.config.spec import BACKBONE_SUFFIXES, MANIFEST_SUFFIXES, WEIGHTS_SUFFIXES, ImageSize
 from trainer.config.table import FIELD_BY_NAME, Field, format_value
 from trainer.errors import ConfigError
@@ -198,6 +199,10 @@ def class_names(text: str, label: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(","))
     if "" in names:
         raise ConfigError(f"{label} {text!r} has an empty class name; list names like a,b,c")
+    for name in names:
+        problem = label_problem(name)
+        if problem:
+            raise ConfigError(f"{label}: class name {shown(name)} {problem}; list names like a,b,c")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(

@@ -5,8 +5,11 @@ Two layouts are understood:
 * class folders, ``root/<class>/<image>``, local or ``gs://bucket/prefix``: class names are the
   sub-folder names sorted exactly as ``keras.utils.image_dataset_from_directory`` sorts them, so a
   model trained here and one trained on the same folder with Keras agree on label ids;
-* a manifest, a ``.csv`` (``uri,label`` rows, optional header) or ``.jsonl`` (``{"uri": ...,
-  "label": ...}`` lines) file stored anywhere; relative URIs are resolved against its folder.
+* a manifest, a ``.csv`` (``uri,label`` rows after a ``uri,label`` header, or from the first
+  line if that is an image row) or ``.jsonl`` (``{"uri": ..., "label": ...}`` lines) file
+  stored anywhere; relative URIs are resolved against its folder and normalised (``d/../x``
+  and ``d//x`` are ``x``), so an image listed twice is found. Labels follow
+  trainer.config.labels.
 
 The result is a `DatasetIndex`: plain data (URIs, integer labels, class names) that can be saved to
 and loaded from a JSON file, so that a bucket of a million objects is listed once.
@@ -26,11 +29,14 @@ import io
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from trainer.config.labels import json_label, label_problem, shown
 from trainer.data import storage as storage_lib
+from trainer.data.gcs import GCS_SCHEME
 from trainer.data.storage import Storage
 from trainer.errors import DataError, StorageNotFoundError
 
@@ -237,10 +243,19 @@ def _from_class_folders(
             _relative(root, u).split("/", 1)[0] for u in everything if "/" in _relative(root, u)
         }
     else:
-        # Keras lists the root's sub-directories, empty ones included; so do we.
-        folders = {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+        # Keras lists the root's sub-directories, empty ones included; so do we, but not
+        # symlinked ones: the listing does not follow them (trainer.data.localwalk).
+        with os.scandir(root) as entries:
+            folders = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
     # Keras: sorted(listdir(root)), hidden ('.'-prefixed) folders skipped.
     found = sorted(f for f in folders if not f.startswith("."))
+    for name in found:
+        problem = label_problem(name)
+        if problem:
+            raise DataError(
+                f"{root}: class folder {shown(name)} {problem}; rename it (a class name is "
+                "printed one per line in labels.txt)"
+            )
     names = _check_class_names(found, class_names, where=root)
     position = {name: i for i, name in enumerate(names)}
     lowered = tuple(e.lower() for e in extensions)
@@ -279,10 +294,11 @@ def _from_manifest(
     seen: dict[str, int] = {}
     entries: list[tuple[str, str]] = []
     for line_no, ref, label in rows:
-        full = ref if storage_lib.is_gcs(ref) or os.path.isabs(ref) else storage_lib.join(base, ref)
+        full = _resolve(uri, line_no, base, ref)
         if full in seen:
+            same = "" if full == ref else f", both name {full}"
             raise DataError(
-                f"{uri}:{line_no}: duplicate uri {ref} (first on line {seen[full]}); "
+                f"{uri}:{line_no}: duplicate uri {ref} (first on line {seen[full]}{same}); "
                 "each object may appear once"
             )
         seen[full] = line_no
@@ -309,38 +325,79 @@ def _from_manifest(
     )
 
 
+def _resolve(manifest: str, line_no: int, base: str, ref: str) -> str:
+    """The normalised URI of manifest entry `ref`: `d/../x` and `d//x` name the object `x`."""
+    if not storage_lib.is_gcs(ref) and os.path.isabs(ref):
+        return os.path.normpath(ref)
+    if not storage_lib.is_gcs(ref) and not storage_lib.is_gcs(base):
+        return os.path.abspath(os.path.join(base, ref))
+    bucket, _, key = (ref if storage_lib.is_gcs(ref) else base)[len(GCS_SCHEME) :].partition("/")
+    if not storage_lib.is_gcs(ref):
+        key = f"{key}/{ref}" if key else ref
+    # Resolved as a relative URL is; an object whose name holds '//' or '..' is not reachable.
+    key = posixpath.normpath(key).lstrip("/") if key else key
+    if not bucket or key in ("", ".") or key == ".." or key.startswith("../"):
+        raise DataError(
+            f"{manifest}:{line_no}: uri {ref} does not name an object in a bucket; "
+            "write gs://BUCKET/PATH or a path relative to the manifest's folder"
+        )
+    return f"{GCS_SCHEME}{bucket}/{key}"
+
+
+def _checked_label(manifest: str, line_no: int, label: str, written: object) -> str:
+    problem = label_problem(label)
+    if problem:
+        raise DataError(
+            f"{manifest}:{line_no}: label {shown(written)} {problem}; a label is a non-empty "
+            "class name without control characters (newlines, tabs)"
+        )
+    return label
+
+
 def _parse_csv(uri: str, text: str) -> list[tuple[int, str, str]]:
     rows = []
     reader = csv.reader(io.StringIO(text))
+    first, end = True, 0
     for row in reader:
-        line_no = reader.line_num
+        line_no, end = end + 1, reader.line_num  # where the row starts: a quoted newline spans two
         if not row or all(not cell.strip() for cell in row):
             continue
         cells = [cell.strip() for cell in row]
-        if line_no == 1 and [c.lower() for c in cells] == ["uri", "label"]:
-            continue  # header
+        if first:
+            first = False
+            if [c.lower() for c in cells] == ["uri", "label"]:
+                continue  # the header
+            if not cells[0].lower().endswith(IMAGE_EXTENSIONS):
+                raise DataError(
+                    f"{uri}:{line_no}: the first line {','.join(row)[:80]!r} is neither the "
+                    "header 'uri,label' nor an image row; start the manifest with the line "
+                    "uri,label"
+                )
         if len(cells) != 2 or not cells[0] or not cells[1]:
             raise DataError(f"{uri}:{line_no}: expected 'uri,label', got {','.join(row)[:80]!r}")
-        rows.append((line_no, cells[0], cells[1]))
+        rows.append((line_no, cells[0], _checked_label(uri, line_no, cells[1], cells[1])))
     return rows
 
 
 def _parse_jsonl(uri: str, text: str) -> list[tuple[int, str, str]]:
     rows = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
-            ref, label = doc["uri"], doc["label"]
+            ref, value = doc["uri"], doc["label"]
         except (ValueError, KeyError, TypeError):
             raise DataError(
                 f"{uri}:{line_no}: expected a JSON object with 'uri' and 'label', got {line[:80]!r}"
             ) from None
-        if not isinstance(ref, str) or not ref or isinstance(label, (dict, list)) or label == "":
+        if not isinstance(ref, str) or not ref.strip():
+            raise DataError(f"{uri}:{line_no}: 'uri' must be a non-empty string, got {line[:80]!r}")
+        label = json_label(value)
+        if label is None:
             raise DataError(
-                f"{uri}:{line_no}: 'uri' must be a non-empty string and 'label' a "
-                f"class name, got {line[:80]!r}"
+                f"{uri}:{line_no}: label {shown(value)} is not a class name; write a string "
+                '("cat", "1") or an integer (1), not a fraction, true/false, null or a list'
             )
-        rows.append((line_no, ref, str(label)))
+        rows.append((line_no, ref.strip(), _checked_label(uri, line_no, label, value)))
     return rows

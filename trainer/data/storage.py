@@ -44,6 +44,7 @@ from trainer.data.gcs import (
     verify_crc32c,
 )
 from trainer.data.localfs import local_call, read_file, remove_file, replace_tree, write_file
+from trainer.data.localwalk import list_files
 from trainer.errors import StorageNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -126,13 +127,8 @@ class Storage:
             root = os.path.abspath(uri)
             if not os.path.isdir(root):
                 raise StorageNotFoundError(f"{uri}: local directory does not exist")
-            found = [
-                os.path.join(dirpath, name)
-                for dirpath, _, names in os.walk(root, followlinks=True)
-                for name in names
-                if wanted(name)
-            ]
-            return sorted(found)
+            # Symlinks are not followed (trainer.data.localwalk says why and logs them).
+            return local_call(uri, "list", lambda: list_files(root, wanted=wanted)[0])
 
         bucket, key = split_gcs(uri)
         # Directory semantics like a local path: gs://b/train lists train/..., not training/...

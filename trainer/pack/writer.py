@@ -36,6 +36,14 @@ from trainer.data.raw_pixels import encode_raw
 from trainer.data.storage import Storage
 from trainer.errors import ConfigError, DataError, StorageNotFoundError
 from trainer.pack.format import INDEX_NAME, SUCCESS_NAME, PackedIndex, shard_name
+from trainer.pack.provenance import (
+    VERSION_KEY,
+    check_finished,
+    check_source,
+    settings_change,
+    source_change,
+    source_version,
+)
 from trainer.pack.sizing import sizing_scale
 
 try:
@@ -107,10 +115,13 @@ def pack(cfg: PackConfig, storage: Storage) -> PackSummary:
     """Pack part `cfg.part`, then merge if `cfg.merge` and every part is done."""
     output = cfg.output.rstrip("/")
     if storage.exists(join(output, SUCCESS_NAME)):
+        _check_finished(cfg, storage)
         logger.info("%s is already complete (%s exists); nothing to do", output, SUCCESS_NAME)
         return PackSummary(0, 0, 0, 0, merged=False)
     index = discover(cfg.source, storage=storage, class_names=cfg.classes)
-    written, skipped = _pack_part(cfg, index, storage)
+    version = source_version(index)
+    _check_other_parts(cfg, version, storage)
+    written, skipped = _pack_part(cfg, index, version, storage)
     merged = None
     if cfg.merge and all(_part_done(cfg, p, storage) for p in range(cfg.parts)):
         merged = merge(cfg, index.class_names, storage)
@@ -192,21 +203,60 @@ def _check_settings(cfg: PackConfig, found: dict, uri: str) -> None:
     if found.get("settings") != cfg.settings():
         raise ConfigError(
             f"--output {cfg.output}: {uri} was packed with other settings "
-            f"({found.get('settings')}); use the same flags to resume, or a new --output"
+            f"({settings_change(found.get('settings') or {}, cfg.settings())}); use the same "
+            "flags to resume, or a new --output"
         )
 
 
-def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[int, int]:
+def _check_finished(cfg: PackConfig, storage: Storage) -> None:
+    """A re-run onto a finished pack: refused unless its flags and source version match."""
+    output = cfg.output.rstrip("/")
+    doc = _read_json(join(output, INDEX_NAME), storage)
+    if doc is None:
+        return  # _SUCCESS alone: not ours to judge
+    settings = dict(doc.get("settings") or {})
+    check_finished(output, settings, cfg.settings())
+    if settings.get(VERSION_KEY):
+        index = discover(cfg.source, storage=storage, class_names=cfg.classes)
+        if change := source_change(settings[VERSION_KEY], source_version(index)):
+            raise DataError(
+                f"--output {output} is a finished pack of another version of --source "
+                f"{cfg.source} ({change}); pack into a new --output, or delete {output} and "
+                "pack again"
+            )
+
+
+def _check_other_parts(cfg: PackConfig, version: dict, storage: Storage) -> None:
+    """Refuse to start a part from another version of the source than a finished part's."""
+    try:
+        records = [
+            u for u in storage.list(join(cfg.output.rstrip("/"), "parts")) if u.endswith(".done")
+        ]
+    except StorageNotFoundError:
+        return  # no part has finished
+    for uri in records[:1]:  # the finished parts agree, or the merge refuses
+        done = _read_json(uri, storage) or {}
+        part = int(uri.rsplit("/", 1)[-1].split(".")[0])
+        check_source(cfg.output, cfg.source, done.get(VERSION_KEY), version, what=f"part {part}")
+
+
+def _pack_part(
+    cfg: PackConfig, index: DatasetIndex, version: dict, storage: Storage
+) -> tuple[int, int]:
     """Write this part's missing shards; returns (written, already complete)."""
     lo = cfg.part * len(index) // cfg.parts
     hi = (cfg.part + 1) * len(index) // cfg.parts
     done = _read_json(_done_uri(cfg.output, cfg.part), storage)
     if done is not None:
         _check_settings(cfg, done, _done_uri(cfg.output, cfg.part))
+        what = f"part {cfg.part}"
+        check_source(cfg.output, cfg.source, done.get(VERSION_KEY), version, what=what)
         return 0, done["shards"]
     number, start = 0, lo
     while (sidecar := _read_json(_sidecar_uri(cfg, number), storage)) is not None:
         _check_settings(cfg, sidecar, _sidecar_uri(cfg, number))
+        what = sidecar.get("name", _sidecar_uri(cfg, number))
+        check_source(cfg.output, cfg.source, sidecar.get(VERSION_KEY), version, what=what)
         number, start = number + 1, sidecar["stop"]
     skipped = number
     if skipped:
@@ -229,10 +279,10 @@ def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[
         else:
             shard.add(pos, result, int(index.labels[pos]), index.uris[pos])
         if shard.bytes >= limit:
-            _commit(cfg, storage, shard, number, stop=k + 1)
+            _commit(cfg, storage, shard, number, stop=k + 1, version=version)
             number, shard = number + 1, _Shard(k + 1)
     if shard.entries or shard.quarantined or number == 0:
-        _commit(cfg, storage, shard, number, stop=hi)
+        _commit(cfg, storage, shard, number, stop=hi, version=version)
         number += 1
     record = {
         "settings": cfg.settings(),
@@ -240,6 +290,7 @@ def _pack_part(cfg: PackConfig, index: DatasetIndex, storage: Storage) -> tuple[
         "start": lo,
         "stop": hi,
         "class_names": list(index.class_names),
+        VERSION_KEY: version,
     }
     storage.write(_done_uri(cfg.output, cfg.part), json.dumps(record).encode())
     logger.info("part %d/%d: %d shards (%d new)", cfg.part, cfg.parts, number, number - skipped)
@@ -326,7 +377,9 @@ class _Shard:
         return self.buffer.getvalue()
 
 
-def _commit(cfg: PackConfig, storage: Storage, shard: _Shard, number: int, *, stop: int) -> None:
+def _commit(
+    cfg: PackConfig, storage: Storage, shard: _Shard, number: int, *, stop: int, version: dict
+) -> None:
     """The tar, then its sidecar: a sidecar means a complete shard."""
     name = shard_name(cfg.part, number)
     data = shard.close()
@@ -339,6 +392,7 @@ def _commit(cfg: PackConfig, storage: Storage, shard: _Shard, number: int, *, st
         "stop": stop,
         "samples": shard.entries,
         "quarantined": shard.quarantined,
+        VERSION_KEY: version,
     }
     storage.write(_sidecar_uri(cfg, number), json.dumps(sidecar).encode())
     logger.info("%s: %d samples, %.1f MB", name, len(shard.entries), len(data) / 1e6)
@@ -348,11 +402,21 @@ def merge(cfg: PackConfig, class_names: tuple[str, ...], storage: Storage) -> Pa
     """Every part's sidecars → index.json and quarantine.jsonl, then `_SUCCESS`."""
     output = cfg.output.rstrip("/")
     shards, shard_bytes, rows, quarantined = [], [], [], []
+    versions: dict[int, dict] = {}
     for part in range(cfg.parts):
         done = _read_json(_done_uri(output, part), storage)
         if done is None:
             raise DataError(f"{_done_uri(output, part)} is missing: part {part} has not finished")
         _check_settings(cfg, done, _done_uri(output, part))
+        if done.get(VERSION_KEY):
+            versions[part] = done[VERSION_KEY]
+            first = min(versions)
+            if change := source_change(versions[first], versions[part]):
+                raise DataError(
+                    f"--output {output}: parts {first} and {part} were packed from different "
+                    f"versions of --source {cfg.source} ({change}); delete {output} and pack "
+                    "again from a source that does not change meanwhile"
+                )
         for number in range(done["shards"]):
             uri = _sidecar_uri(dataclasses.replace(cfg, part=part), number)
             sidecar = _read_json(uri, storage)
@@ -379,7 +443,7 @@ def merge(cfg: PackConfig, class_names: tuple[str, ...], storage: Storage) -> Pa
         keys=tuple(r[1]["key"] for r in rows),
         exts=tuple(r[1]["ext"] for r in rows),
         sources=tuple(r[1]["source"] for r in rows),
-        settings=cfg.settings(),
+        settings={**cfg.settings(), **({VERSION_KEY: versions[0]} if 0 in versions else {})},
     )
     report = "".join(json.dumps(q) + "\n" for q in quarantined)
     storage.write(join(output, "quarantine.jsonl"), report.encode())
