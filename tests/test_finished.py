@@ -1,4 +1,4 @@
-"""trainer/train/finished.py: when a run in --output is complete, read from its files alone."""
+"""trainer/export/finished.py: when a run in --output is complete, read from its files alone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from trainer.data.storage import Storage
 from trainer.errors import QualityGateError
 from trainer.export.outputs import Outputs
 from trainer.train.checkpoint import Checkpointer
-from trainer.train.finished import complete_run
+from trainer.export.finished import complete_run
 
 
 def finished_output(root, *, epochs=2, steps=6, success=True, gate=None, accuracies=None):

@@ -19,10 +19,10 @@ from trainer.data.storage import Storage
 from trainer.distribute.cluster import Cluster, cluster_from_env
 from trainer.distribute.peers import wait_for_peers
 from trainer.distribute.strategy import StrategySetup
+from trainer.export.finished import complete_run
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
 from trainer.train.augment import describe
-from trainer.train.finished import complete_run
 from trainer.train.hooks import Hooks, NoHooks
 from trainer.train.inputs import Inputs, build_inputs, load_data
 from trainer.train.lease import OutputLease

@@ -35,7 +35,7 @@ from trainer.train.inputs import Inputs
 from trainer.train.preemption import StopFlag
 from trainer.train.resume import patience_ran_out, resume
 from trainer.train.step import CompiledSteps, compile_steps, step_options
-from trainer.train.telemetry import Telemetry
+from trainer.train.telemetry import Telemetry, start_telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +81,6 @@ class TrainLoop:
             self.feed.close()
             if self.telemetry is not None:
                 self.telemetry.close()
-
-    def start_telemetry(self, step: int) -> Telemetry | None:
-        """Prometheus metrics on --metrics-port, when set."""
-        if self.config.metrics_port is None:
-            return None
-        self.telemetry = Telemetry(
-            self.counters,
-            worker=self.setup.cluster.task_index,
-            total_steps=self.total_steps,
-            start_step=step,
-        )
-        self.telemetry.serve(self.config.metrics_port)
-        return self.telemetry
 
     def plan_key(self) -> dict[str, Any]:
         """What the data order depends on, and the dtype policy the optimizer state is for."""
@@ -152,7 +139,9 @@ class TrainLoop:
                 self.inputs.train_seq, start_step=step, total_steps=self.total_steps, fed=self.fed
             )
         )
-        telemetry = self.start_telemetry(step)
+        self.telemetry = telemetry = start_telemetry(
+            self.config, self.counters, cluster, total_steps=self.total_steps, step=step
+        )
         window, epoch_meter = metrics.Meter(self.counters), metrics.Meter(self.counters)
         window_start, progbar, stopped_early = (
             step,

@@ -15,12 +15,14 @@ import collections
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from trainer.data.counters import Counters
+from trainer.distribute.cluster import Cluster
 from trainer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -139,3 +141,16 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def start_telemetry(
+    config: Any, counters: Counters, cluster: Cluster, *, total_steps: int, step: int
+) -> Telemetry | None:
+    """Prometheus metrics on --metrics-port, when set."""
+    if config.metrics_port is None:
+        return None
+    telemetry = Telemetry(
+        counters, worker=cluster.task_index, total_steps=total_steps, start_step=step
+    )
+    telemetry.serve(config.metrics_port)
+    return telemetry

@@ -7,7 +7,7 @@ training; pack cases must refuse (exit 2) whatever would mix two versions of the
 plain re-run onto a finished pack must exit 0 without rewriting a file; symlinks out of the root
 or around a loop are skipped and counted in one warning line.
 
-    RELIABILITY_REPORT=/tmp/rel.md .venv/bin/pytest -q tests/reliability/test_labels.py
+    RELIABILITY_REPORT=/tmp/rel.md .venv/bin/pytest -q tests/reliability/test_label_safety.py
 """
 
 from __future__ import annotations
