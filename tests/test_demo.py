@@ -45,3 +45,25 @@ def test_demo_copies_its_outputs_and_keep_running_ends_on_sigterm(tmp_path):
     assert any((local / "saved_model").glob("*/saved_model.pb"))
     missing = [line.split()[0] for line in lines if line.endswith(" MISSING")]
     assert missing == ([] if code == 0 else ["BLESSED"]), missing
+
+
+def test_demo_refuses_an_output_dir_holding_files_it_did_not_write(tmp_path, caplog):
+    from trainer.dev.demo import _foreign, main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["--output-dir", str(tmp_path)]) == 2  # before the emulator starts
+    assert f"--output-dir {tmp_path}: holds {tmp_path / 'notes.txt'}" in caplog.text
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "model.keras").write_text("a demo's, from before the marker")
+    assert _foreign(str(tmp_path)) == ""
+
+
+def test_only_a_marked_or_demo_shaped_output_dir_is_replaced(tmp_path):
+    from trainer.dev.demo import MARKER, _foreign
+
+    assert _foreign(str(tmp_path / "new")) == "" and _foreign(str(tmp_path)) == ""
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _foreign(str(tmp_path)) == str(tmp_path / "notes.txt")
+    (tmp_path / MARKER).write_text("")
+    assert _foreign(str(tmp_path)) == ""

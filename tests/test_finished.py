@@ -9,9 +9,9 @@ import pytest
 
 from trainer.data.storage import Storage
 from trainer.errors import QualityGateError
+from trainer.export.finished import complete_run
 from trainer.export.outputs import Outputs
 from trainer.train.checkpoint import Checkpointer
-from trainer.export.finished import complete_run
 
 
 def finished_output(root, *, epochs=2, steps=6, success=True, gate=None, accuracies=None):

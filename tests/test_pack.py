@@ -22,7 +22,7 @@ from trainer.data.decode import decode_image
 from trainer.data.decode_pool import DecodePool
 from trainer.data.storage import Storage
 from trainer.dev.synthetic import write_learnable_dataset
-from trainer.errors import DataError
+from trainer.errors import ConfigError, DataError
 from trainer.pack.format import open_packed
 from trainer.pack.sequence import PackedSequence, PackedSplit
 from trainer.pack.shards import ShardCache
@@ -342,3 +342,23 @@ def test_only_our_index_makes_a_folder_packed(folder, tmp_path):
     assert open_packed(str(tmp_path / "d"), Storage()) is None  # someone else's index.json
     pack(PackConfig(source=str(folder), output=str(tmp_path / "p")), Storage())
     assert len(open_packed(str(tmp_path / "p"), Storage())) == 36
+
+
+def test_pack_writes_only_into_an_output_it_marked_and_leaves_other_files(folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "index.json").write_text('{"mine": true}')
+    cfg = PackConfig(source=str(folder), output=str(out), shard_size_mb=SHARD_MB)
+    with pytest.raises(ConfigError, match=r"--output .*index\.json was not written by trainer"):
+        pack(cfg, Storage())
+    assert (out / "index.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "notes.txt"], "nothing written"
+    (out / "index.json").unlink()
+    assert pack(cfg, Storage()).merged
+    assert (out / ".streamtrain-pack").is_file() and (out / "notes.txt").read_text() == "mine"
+    # A marked output is pack's own: a part killed mid-shard resumes there.
+    (out / "index.json").unlink()
+    (out / "_SUCCESS").unlink()
+    (out / "parts" / "00000.done").unlink()
+    assert pack(cfg, Storage()).merged and (out / "notes.txt").read_text() == "mine"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import random
 
+from trainer.data.cache import MARKER
 from trainer.data.counters import Counters
 from trainer.data.ranges import read_range
 from trainer.data.storage import Storage
-from trainer.pack.shards import ShardCache
+from trainer.pack.shards import SHARDS_FOLDER, ShardCache
 
 MEDIA = "alt=media"
 
@@ -38,10 +39,40 @@ def test_a_shard_is_read_while_it_downloads_then_appears_whole(
             assert ".tmp-" not in whole
             assert read_range(whole, 0, -1) == data
         assert os.path.exists(partial), "a reader still holds the temporary name"
-    assert os.listdir(tmp_path) == [os.path.basename(whole)]
+    assert sorted(os.listdir(tmp_path / SHARDS_FOLDER)) == [MARKER, os.path.basename(whole)]
     assert cache.total_bytes == len(data) and counters.get("shard_downloads") == 1
     assert proxy.stats()["requests"] == 1, "one GET: no metadata request first"
     cache.close()
+
+
+def test_eviction_keeps_to_the_caches_marked_subfolder_and_its_own_names(
+    gcs_bucket, gcs_admin, tmp_path
+):
+    # The case: --cache-dir home --cache-size-mb 1 with a user's 2 MB file in home.
+    (tmp_path / "big.bin").write_bytes(b"u" * (2 << 20))
+    (tmp_path / "old.tmp-x").mkdir()  # a folder named like a download: crashed the cache
+    own = tmp_path / SHARDS_FOLDER
+    own.mkdir()
+    (own / MARKER).write_bytes(b"")
+    (own / "notes.tmp-1").write_bytes(b"n" * 100)  # foreign files inside the cache's folder
+    (own / ("0123456789abcdef-x.tmp-" + "0" * 32)).mkdir()  # a folder, not a download
+    blobs = gcs_admin.bucket(gcs_bucket)
+    uris = []
+    for i in range(3):
+        blobs.blob(f"packed/shard-{i}.tar").upload_from_string(bytes([i]) * (600 << 10))
+        uris.append(f"gs://{gcs_bucket}/packed/shard-{i}.tar")
+    cache = ShardCache(str(tmp_path), max_bytes=1 << 20, storage=Storage())
+    for uri in uris:
+        with cache.opened(uri) as path:
+            assert read_range(path, 0, 4) == bytes([uris.index(uri)]) * 4
+    cache.close()
+    assert cache.counters.get("shard_evictions") == 2, "its own shards are still evicted"
+    cache = ShardCache(str(tmp_path), max_bytes=1 << 20, storage=Storage())  # a restart
+    assert cache.total_bytes == 600 << 10
+    assert (tmp_path / "big.bin").stat().st_size == 2 << 20
+    assert (tmp_path / "old.tmp-x").is_dir()
+    assert (own / "notes.tmp-1").stat().st_size == 100
+    assert (own / ("0123456789abcdef-x.tmp-" + "0" * 32)).is_dir()
 
 
 def test_a_broken_download_resumes_where_it_stopped(gcs_bucket, gcs_admin, fault_proxy, tmp_path):

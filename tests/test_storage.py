@@ -136,9 +136,13 @@ def test_local_paths_behave_the_same(tmp_path):
     assert not storage.exists(str(root / "a" / "1.jpg"))
 
     storage.upload_dir(str(root), str(tmp_path / "out" / "model"))
-    storage.upload_dir(str(root), str(tmp_path / "out" / "model"))  # replaces an existing tree
+    (tmp_path / "out" / "model" / "theirs.txt").write_bytes(b"kept")
+    storage.write(str(root / "b" / "2.PNG"), b"png2")
+    storage.upload_dir(str(root), str(tmp_path / "out" / "model"))  # into an existing tree
+    assert (tmp_path / "out" / "model" / "theirs.txt").read_bytes() == b"kept"
+    assert (tmp_path / "out" / "model" / "b" / "2.PNG").read_bytes() == b"png2"
     storage.download_dir(str(tmp_path / "out" / "model"), str(tmp_path / "back"))
-    assert (tmp_path / "back" / "b" / "2.PNG").read_bytes() == b"png"
+    assert (tmp_path / "back" / "b" / "2.PNG").read_bytes() == b"png2"
     storage.check_writable(str(tmp_path / "new" / "dir"))
     assert os.listdir(tmp_path / "new" / "dir") == []
 
@@ -146,6 +150,28 @@ def test_local_paths_behave_the_same(tmp_path):
         storage.read(str(tmp_path / "missing.jpg"))
     with pytest.raises(StorageNotFoundError, match="nowhere"):
         storage.list(str(tmp_path / "nowhere"))
+
+
+def test_local_writes_get_the_umask_modes_not_the_temporary_names(tmp_path):
+    from trainer.data.localfs import process_umask
+
+    old = os.umask(0o027)
+    process_umask.cache_clear()
+    try:
+        assert process_umask() == 0o027
+        storage = Storage()
+        storage.write(str(tmp_path / "a" / "model.keras"), b"m")
+        (tmp_path / "src" / "variables").mkdir(parents=True)
+        (tmp_path / "src" / "variables" / "v.index").write_bytes(b"v")
+        os.chmod(tmp_path / "src", 0o700)  # like a mkdtemp folder
+        storage.upload_dir(str(tmp_path / "src"), str(tmp_path / "a" / "saved_model" / "1"))
+    finally:
+        os.umask(old)
+        process_umask.cache_clear()
+    mode = lambda p: oct(os.stat(tmp_path / "a" / p).st_mode & 0o777)  # noqa: E731
+    assert mode("model.keras") == "0o640" and mode("saved_model/1") == "0o750"
+    assert mode("saved_model/1/variables") == "0o750"
+    assert mode("saved_model/1/variables/v.index") == "0o640"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")

@@ -120,7 +120,7 @@ class TrainConfig(MultiWorkerOptions):
     )
     tensorboard_dir: str | None = _opt(
         None,
-        help="where TensorBoard event files go",
+        help="where TensorBoard event files go; other files there are left as they are",
         group="Output",
         default_text="$AIP_TENSORBOARD_LOG_DIR, else OUTPUT/tensorboard",
         metavar="URI",
@@ -392,7 +392,8 @@ class TrainConfig(MultiWorkerOptions):
     cache_dir: str | None = _opt(
         None,
         help="local directory for the on-disk cache of fetched images, or of downloaded "
-        "shards for a packed --data",
+        "shards for a packed --data; the trainer keeps them in its own subfolders "
+        "streamtrain-bytes/ and streamtrain-shards/ and touches nothing else there",
         group="Input pipeline",
         default_text="TMPDIR/streamtrain-cache when --cache-size-mb > 0",
         metavar="DIR",

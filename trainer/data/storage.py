@@ -43,7 +43,7 @@ from trainer.data.gcs import (
     split_gcs,
     verify_crc32c,
 )
-from trainer.data.localfs import local_call, read_file, remove_file, replace_tree, write_file
+from trainer.data.localfs import local_call, place_tree, read_file, remove_file, write_file
 from trainer.data.localwalk import list_files
 from trainer.errors import StorageNotFoundError
 
@@ -314,12 +314,13 @@ class Storage:
 
         For gs:// the files are uploaded in parallel, each atomically but not the tree as a
         whole: write a marker object after this returns if readers need to know it is complete.
-        For a local destination the tree is copied beside it and renamed into place.
+        A new local destination is copied beside it and renamed into place; into an existing one
+        each file is written atomically. Other files under `uri` are never touched.
         """
         if not os.path.isdir(local_dir):
             raise StorageNotFoundError(f"{local_dir}: local directory does not exist")
         if not is_gcs(uri):
-            local_call(uri, "write", lambda: replace_tree(local_dir, uri))
+            local_call(uri, "write", lambda: place_tree(local_dir, uri))
             return
         files = self.list(local_dir)
 

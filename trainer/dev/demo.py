@@ -28,6 +28,12 @@ from trainer.logs import setup_logging
 logger = logging.getLogger("trainer.dev.demo")
 
 BUCKET = "streamtrain-demo"
+MARKER = ".streamtrain-demo"  # in --output-dir: the demo wrote it, so the next run may replace it
+# What a run writes: an unmarked folder holding only these is a demo's from before the marker.
+_OUTPUT_NAMES = {
+    "model.keras", "saved_model", "labels.txt", "metrics.json", "confusion_matrix.png",
+    "BLESSED", "_SUCCESS", "checkpoints", "tensorboard", "quarantine",
+}  # fmt: skip
 
 
 def _seed(storage, root: str, prefix: str) -> int:
@@ -58,10 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         "--output-dir",
         default="demo-output",
         help="where the run's outputs are copied to, to open after the demo ends (default "
-        "%(default)s; replaced on every run)",
+        "%(default)s; replaced on every run, so one holding other files is refused)",
     )
     args = parser.parse_args(argv)
     setup_logging(0)
+    foreign = _foreign(args.output_dir)
+    if foreign:
+        logger.error(
+            "--output-dir %s: holds %s, which the demo did not write (no %s file), and the demo "
+            "replaces that folder on every run; choose another --output-dir or empty it",
+            args.output_dir,
+            foreign,
+            MARKER,
+        )
+        return 2
     started = time.monotonic()
     with Emulator() as emulator, tempfile.TemporaryDirectory(prefix="streamtrain-demo-") as tmp:
         os.environ[EMULATOR_ENV] = emulator.url
@@ -146,12 +162,27 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _foreign(directory: str) -> str:
+    """A file of `directory` that an earlier demo run did not write ("" if it may be replaced)."""
+    from pathlib import Path
+
+    local = Path(directory)
+    if not local.exists() or (local / MARKER).is_file():
+        return ""
+    if not local.is_dir():
+        return str(local)
+    return next((str(p) for p in sorted(local.iterdir()) if p.name not in _OUTPUT_NAMES), "")
+
+
 def _copy_outputs(storage, output: str, directory: str):
     """Every object under `output`, copied to `directory` (replaced), which outlives the demo."""
     from pathlib import Path
 
     local = Path(directory).resolve()
-    shutil.rmtree(local, ignore_errors=True)
+    if not _foreign(directory):  # checked at the start too: never remove a user's files
+        shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True, exist_ok=True)
+    (local / MARKER).write_text("written by the streamtrain demo, replaced on its next run\n")
     for uri in storage.list(output):
         path = local / uri[len(output) :].lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Whole shards on local disk: downloaded ahead of use, bounded by size, LRU evicted.
 
-    cache = ShardCache("/var/cache/shards", max_bytes=50 << 30, storage=storage)
+    cache = ShardCache("/var/cache/streamtrain", max_bytes=50 << 30, storage=storage)
     cache.prefetch(uri)                          # start the download on the cache's pool
     with cache.opened(uri, upto=end) as path:    # wait for its first `end` bytes (or all)
         data = read_range(path, offset, size)    # trainer.data.ranges; end >= offset + size
@@ -12,6 +12,9 @@ the first n bytes are there, so a block's first samples decode while the rest is
 (ShardPlan reads each shard front to back in windows). A complete download is hard-linked to
 its own name, so a killed job leaves no half shard that a restart would trust; the temporary
 name goes once no reader holds it. Files left from an earlier run are reused, oldest first to go.
+The shards live in ``streamtrain-shards/`` under the cache folder, marked as the trainer's like
+the byte cache's (trainer.data.cache.owned_folder); only files named as this cache names them
+(``<16 hex>-<shard name>`` and their ``.tmp-<32 hex>`` downloads) are listed, evicted or removed.
 Bytes taken before a download is complete are checked like all others, by the index's
 per-sample crc32c; the whole-object crc32c is checked when the download ends.
 """
@@ -25,14 +28,20 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
 
+from trainer.data.cache import own_files, owned_folder
 from trainer.data.counters import Counters
 from trainer.data.storage import Storage, is_gcs
 
 logger = logging.getLogger(__name__)
+
+SHARDS_FOLDER = "streamtrain-shards"
+_TEMP = re.compile(r"[0-9a-f]{16}-.+\.tmp-[0-9a-f]{32}")
+_ENTRY = re.compile(r"[0-9a-f]{16}-.+")
 
 
 class _Cancelled(Exception):
@@ -56,7 +65,7 @@ class ShardCache:
 
     def __init__(
         self,
-        directory: str,
+        cache_dir: str,
         *,
         max_bytes: int,
         storage: Storage,
@@ -65,7 +74,7 @@ class ShardCache:
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
-        self.directory = directory
+        self.directory = owned_folder(cache_dir, SHARDS_FOLDER)
         self.max_bytes = max_bytes
         self.storage = storage
         self.counters = counters if counters is not None else Counters()
@@ -77,7 +86,6 @@ class ShardCache:
         self._total = 0
         self._threads = download_threads
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        os.makedirs(directory, exist_ok=True)
         self._load_existing()
 
     def _path(self, uri: str) -> str:
@@ -88,13 +96,13 @@ class ShardCache:
 
     def _load_existing(self) -> None:
         found = []
-        for name in os.listdir(self.directory):
-            path = os.path.join(self.directory, name)
-            if ".tmp-" in name:
-                os.unlink(path)  # a download that was killed
-                continue
-            st = os.stat(path)
-            found.append((st.st_mtime, path, st.st_size))
+        for entry in own_files(self.directory):
+            if _TEMP.fullmatch(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)  # a download that was killed
+            elif _ENTRY.fullmatch(entry.name):
+                st = entry.stat(follow_symlinks=False)
+                found.append((st.st_mtime, entry.path, st.st_size))
         for _, path, size in sorted(found):
             self._entries[path] = size
             self._total += size

@@ -36,6 +36,7 @@ from trainer.data.raw_pixels import encode_raw
 from trainer.data.storage import Storage
 from trainer.errors import ConfigError, DataError, StorageNotFoundError
 from trainer.pack.format import INDEX_NAME, SUCCESS_NAME, PackedIndex, shard_name
+from trainer.pack.ownership import claim_output
 from trainer.pack.provenance import (
     VERSION_KEY,
     check_finished,
@@ -118,6 +119,7 @@ def pack(cfg: PackConfig, storage: Storage) -> PackSummary:
         _check_finished(cfg, storage)
         logger.info("%s is already complete (%s exists); nothing to do", output, SUCCESS_NAME)
         return PackSummary(0, 0, 0, 0, merged=False)
+    claim_output(output, storage)
     index = discover(cfg.source, storage=storage, class_names=cfg.classes)
     version = source_version(index)
     _check_other_parts(cfg, version, storage)
@@ -469,6 +471,7 @@ def merge_only(cfg: PackConfig, storage: Storage) -> PackedIndex | None:
     if storage.exists(join(cfg.output.rstrip("/"), SUCCESS_NAME)):
         logger.info("%s is already complete", cfg.output)
         return None
+    claim_output(cfg.output, storage)
     first = _read_json(_done_uri(cfg.output, 0), storage)
     if first is None:
         raise DataError(f"{_done_uri(cfg.output, 0)} is missing: part 0 has not finished")

@@ -107,9 +107,9 @@ def _packed_data(config: Any, packed: PackedIndex, storage: Storage) -> Data:
     if advice:
         logger.warning("--data %s: %s", config.data, advice)
 
-    directory = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-shards")
+    cache_dir = config.cache_dir or os.path.join(tempfile.gettempdir(), "streamtrain-cache")
     cache = ShardCache(
-        directory,
+        cache_dir,
         max_bytes=(config.cache_size_mb or DEFAULT_SHARD_CACHE_MB) << 20,
         storage=storage,
     )

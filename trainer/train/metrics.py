@@ -140,7 +140,8 @@ def log_epoch(record: dict[str, Any], *, epochs: int) -> None:
 
 
 class TensorBoard:
-    """Per-epoch scalars, written locally and uploaded to `uri` after every epoch."""
+    """Per-epoch scalars, written locally and uploaded to `uri` after every epoch: only this
+    run's event file is written there, whatever else the folder holds is left as it is."""
 
     def __init__(self, uri: str, *, storage: Storage) -> None:
         import tensorflow as tf
