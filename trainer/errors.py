@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     NO_GPU = 4  # fewer GPUs visible than --expect-gpus
     STORAGE_UNAVAILABLE = 5  # object store failed past the retry deadline: retry later
     PEER_LOST = 6  # a multi-worker peer stopped answering: restart the job, it resumes
+    STALLED = 7  # no step finished within --stall-timeout-s: restart the job, it resumes
     TERMINATED = 143  # SIGTERM: checkpoint written, the run resumes when restarted
 
 

@@ -2,7 +2,8 @@
 
 `STREAMTRAIN_FAULT` lists faults as `POINT@N[:SIGNAL]`, comma-separated: on the N-th time the
 run reaches POINT, the process sends itself SIGNAL (TERM by default, KILL, or STOP: frozen
-until a SIGCONT, a trainer caught mid-run). `slow@SECONDS` makes every step take that much
+until a SIGCONT, a trainer caught mid-run; or FREEZE: only the thread that reached POINT hangs,
+as a stuck read or step would). `slow@SECONDS` makes every step take that much
 longer. Only the test entry point `tests/support/with_faults.py` reads it and hands the plan to
 the trainer as its hooks.
 
@@ -18,6 +19,7 @@ import collections
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 
@@ -27,13 +29,15 @@ from trainer.train.hooks import POINTS
 logger = logging.getLogger(__name__)
 
 ENV = "STREAMTRAIN_FAULT"
-_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
+# FREEZE is no signal: the thread that reached the point blocks for good (a hung read or step),
+# while the rest of the process, its watchdog included, runs on.
+_SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "FREEZE": None}
 
 
 class FaultPlan:
     def __init__(
         self,
-        faults: dict[str, list[tuple[int, signal.Signals]]] | None = None,
+        faults: dict[str, list[tuple[int, signal.Signals | None]]] | None = None,
         overflow_step: int = -1,
         step_delay: float = 0.0,
     ) -> None:
@@ -46,7 +50,7 @@ class FaultPlan:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FaultPlan:
         spec = env.get(ENV, "").strip()
-        faults: dict[str, list[tuple[int, signal.Signals]]] = {}
+        faults: dict[str, list[tuple[int, signal.Signals | None]]] = {}
         overflow, delay = -1, 0.0
         for item in filter(None, (part.strip() for part in spec.split(","))):
             if item.startswith("overflow@"):
@@ -63,7 +67,7 @@ class FaultPlan:
                 faults.setdefault(point, []).append((int(count), _SIGNALS[sig or "TERM"]))
             except ValueError:
                 raise ConfigError(
-                    f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL|STOP] "
+                    f"{ENV}: cannot parse {item!r}; expected POINT@N[:TERM|KILL|STOP|FREEZE] "
                     f"with POINT one of {', '.join(POINTS)}"
                 ) from None
         if faults or overflow >= 0 or delay:
@@ -78,5 +82,8 @@ class FaultPlan:
         self._hits[point] += 1
         for count, sig in self._faults[point]:
             if count == self._hits[point]:
-                logger.warning("fault injection: %s at %s #%d", sig.name, point, count)
+                name = sig.name if sig is not None else "FREEZE"
+                logger.warning("fault injection: %s at %s #%d", name, point, count)
+                if sig is None:
+                    threading.Event().wait()
                 os.kill(os.getpid(), sig)

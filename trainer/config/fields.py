@@ -144,6 +144,14 @@ class TrainConfig(MultiWorkerOptions):
         gt=0,
         metavar="N",
     )
+    stall_timeout_s: float = _opt(
+        1800.0,
+        help="end the run with exit code 7, naming where it is stuck, when no step, evaluation "
+        "or checkpoint finished for this long (raised to 5x the slowest step seen); 0: never",
+        group="Training",
+        ge=0,
+        metavar="SECONDS",
+    )
     metrics_port: int | None = _opt(
         None,
         help="serve Prometheus metrics (step, images/s, data wait, ETA, storage and decode "

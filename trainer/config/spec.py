@@ -58,6 +58,10 @@ EXIT_CODE_MEANINGS: Mapping[ExitCode, str] = types.MappingProxyType(
             "another worker of a multi-worker job was lost, or not reachable within "
             "--peer-wait-s at the start: restart the job, it resumes"
         ),
+        ExitCode.STALLED: (
+            "no step, evaluation or checkpoint finished within --stall-timeout-s (the error "
+            "says where it was stuck): restart the job, it resumes"
+        ),
         ExitCode.TERMINATED: (
             "terminated (SIGTERM): a checkpoint was written, restarting resumes the run"
         ),

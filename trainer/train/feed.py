@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 from trainer.data.batch_buffers import aligned_copy, is_aligned
 from trainer.data.sequence import ImageSequence
 from trainer.distribute.strategy import StrategySetup
+from trainer.train.hooks import Hooks, NoHooks
 
 
 def split_per_replica(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts: int):
@@ -43,11 +45,21 @@ def split_per_replica(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, parts:
 class Feed:
     """Builds the distributed datasets for training and evaluation."""
 
-    def __init__(self, setup: StrategySetup, *, image_size: tuple[int, int], dtype: str) -> None:
+    def __init__(
+        self,
+        setup: StrategySetup,
+        *,
+        image_size: tuple[int, int],
+        dtype: str,
+        hooks: Hooks | None = None,
+    ) -> None:
         self.setup = setup
         self.image_size = image_size
         self.dtype = dtype
+        self.hooks = hooks or NoHooks()
         self.input_error: BaseException | None = None
+        # Per generator thread, when the batch it fetches was asked for: the stall watchdog's.
+        self._fetching: dict[int, float] = {}
         self._val_iterator: Any = None
         self._val_passes = threading.Semaphore(0)
         self._closed = False
@@ -114,16 +126,30 @@ class Feed:
         parts, steps_per_epoch = self.setup.local_replicas, len(seq)
         for step in range(start, total):
             epoch, index = divmod(step, steps_per_epoch)
-            x, y = seq.get_batch(epoch=epoch, index=index)
+            x, y = self._fetch(seq, epoch, index)
             # Keyed by epoch: this generator runs ahead of the step that consumes its output.
             mask = fed.setdefault(epoch, np.zeros(len(seq.index), dtype=bool))
             mask[seq.positions(epoch=epoch, index=index)] = True
             yield from split_per_replica(x, y, None, parts)
 
+    @property
+    def waiting_since(self) -> float | None:
+        """Since when the oldest batch still being fetched was asked for; None if none is."""
+        return min(list(self._fetching.values()), default=None)
+
+    def _fetch(self, seq: ImageSequence, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        me = threading.get_ident()
+        self._fetching[me] = time.monotonic()
+        try:
+            self.hooks.reached("input")
+            return seq.get_batch(epoch=epoch, index=index)
+        finally:
+            del self._fetching[me]
+
     def _val_batches(self, seq: ImageSequence) -> Iterator[tuple[np.ndarray, ...]]:
         parts, real = self.setup.local_replicas, len(seq.plan.members)
         for index in range(len(seq)):
-            x, y = seq.get_batch(epoch=0, index=index)
+            x, y = self._fetch(seq, 0, index)
             start, stop = seq.plan.batch_bounds(index)
             w = (np.arange(start, stop) < real).astype(np.float32)  # 0 for pad repeats
             yield from split_per_replica(x, y, w, parts)

@@ -4,7 +4,8 @@
         def reached(self, point: str) -> None: ...
     trainer.cli.main(["train", ...], hooks=Plan())   # tests/support/with_faults.py
 
-Points: `step` (after each training step), `epoch_end` (after an epoch's metrics), `eval`
+Points: `step` (after each training step), `input` (in the feed, as it asks for a batch,
+on TensorFlow's generator thread), `epoch_end` (after an epoch's metrics), `eval`
 (as evaluation starts), `checkpoint_write` (between a checkpoint's weights and its COMMITTED
 marker), `export` (between `model.keras` and the SavedModel).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-POINTS = ("step", "epoch_end", "eval", "checkpoint_write", "export")
+POINTS = ("step", "input", "epoch_end", "eval", "checkpoint_write", "export")
 
 
 class Hooks(Protocol):

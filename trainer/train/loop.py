@@ -36,6 +36,7 @@ from trainer.train.preemption import StopFlag
 from trainer.train.resume import patience_ran_out, resume
 from trainer.train.step import CompiledSteps, compile_steps, step_options
 from trainer.train.telemetry import Telemetry, start_telemetry
+from trainer.train.watchdog import start_watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,14 @@ class TrainLoop:
         self.storage, self.counters, self.hooks = storage, counters, hooks
         self.steps_per_epoch = inputs.steps_per_epoch
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.feed = Feed(setup, image_size=tuple(config.image_size), dtype=config.dtype)
+        self.feed = Feed(
+            setup, image_size=tuple(config.image_size), dtype=config.dtype, hooks=hooks
+        )
         self.trace: list[list[Any]] = []
         self.telemetry: Telemetry | None = None
+        self.watchdog = start_watchdog(
+            config, self.feed, multi_worker=setup.cluster.is_multi_worker
+        )
         # Per epoch, which training samples this worker fed: summed over workers at its end.
         self.fed: dict[int, np.ndarray] = {}
         self.best = BestWeights(
@@ -79,21 +85,9 @@ class TrainLoop:
             raise
         finally:
             self.feed.close()
+            self.watchdog.close()
             if self.telemetry is not None:
                 self.telemetry.close()
-
-    def plan_key(self) -> dict[str, Any]:
-        """What the data order depends on, and the dtype policy the optimizer state is for."""
-        return {
-            "seed": self.config.seed,
-            "batch": self.config.batch_size,
-            "workers": self.setup.cluster.num_workers,
-            "replicas": self.setup.replicas,
-            "steps_per_epoch": self.steps_per_epoch,
-            "remainder": self.config.remainder,
-            "index": self.inputs.data.index.fingerprint(),
-            "policy": self.trainable.policy,
-        }
 
     def compile_for(self, epoch: int) -> CompiledSteps:
         """The compiled steps for `epoch`'s phase (backbone frozen or not)."""
@@ -126,7 +120,7 @@ class TrainLoop:
             writer=cluster.is_chief,
             before_commit=lambda: self.hooks.reached("checkpoint_write"),
         )
-        plan = self.plan_key()
+        plan = plan_key(config, self.setup, self.inputs, trainable, self.steps_per_epoch)
         step, history, totals, self.trace = resume(
             checkpointer, self.trainable, plan=plan, steps_per_epoch=self.steps_per_epoch
         )
@@ -166,6 +160,7 @@ class TrainLoop:
             )
             chunk = chunk.numpy()
             step += steps
+            self.watchdog.mark("step", step=step)
             for _ in range(steps):
                 self.hooks.reached("step")
             if telemetry is not None:
@@ -212,12 +207,21 @@ class TrainLoop:
                 or index == self.steps_per_epoch
                 or step == self.total_steps
             ):
+                self.watchdog.mark("checkpoint", step=step)
                 checkpointer.save(
                     step,
                     model=trainable.model,
                     optimizer=trainable.optimizer,
-                    state=self.state(step, history, totals, plan),
+                    state=checkpoint_state(
+                        step,
+                        steps_per_epoch=self.steps_per_epoch,
+                        history=history,
+                        totals=totals,
+                        plan=plan,
+                        trace=self.trace if config.trace_steps else None,
+                    ),
                 )
+                self.watchdog.mark("step", step=step)
             if terminating:
                 raise TerminatedError(
                     f"stopped by {stop.signal_name or 'a peer worker'} at step {step} "
@@ -240,8 +244,10 @@ class TrainLoop:
         import tensorflow as tf
 
         self.hooks.reached("eval")
+        self.watchdog.mark("evaluation")
         iterator = self.feed.validation(val_seq)
         totals, confusion = steps_fn.eval_all(iterator, tf.constant(len(val_seq)))
+        self.watchdog.mark("step")
         val_seq.release_buffers()  # not held through the training between evaluations
         return metrics.validation_record(
             totals.numpy(), confusion.numpy(), self.inputs.data.index.class_names
@@ -276,17 +282,41 @@ class TrainLoop:
             )
         return record
 
-    def state(
-        self, step: int, history: list, totals: np.ndarray, plan: dict[str, Any]
-    ) -> dict[str, Any]:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        state = {
-            "epoch": epoch,
-            "batch": index,
-            "plan": plan,
-            "history": history,
-            "epoch_totals": totals.tolist(),
-        }
-        if self.config.trace_steps:
-            state["trace"] = self.trace
-        return state
+
+def checkpoint_state(
+    step: int,
+    *,
+    steps_per_epoch: int,
+    history: list,
+    totals: np.ndarray,
+    plan: dict[str, Any],
+    trace: list | None,
+) -> dict[str, Any]:
+    """What a checkpoint keeps beside the weights: position, history, the epoch's totals."""
+    epoch, index = divmod(step, steps_per_epoch)
+    state = {
+        "epoch": epoch,
+        "batch": index,
+        "plan": plan,
+        "history": history,
+        "epoch_totals": totals.tolist(),
+    }
+    if trace is not None:
+        state["trace"] = trace
+    return state
+
+
+def plan_key(
+    config: Any, setup: StrategySetup, inputs: Inputs, trainable: Trainable, steps_per_epoch: int
+) -> dict[str, Any]:
+    """What the data order depends on, and the dtype policy the optimizer state is for."""
+    return {
+        "seed": config.seed,
+        "batch": config.batch_size,
+        "workers": setup.cluster.num_workers,
+        "replicas": setup.replicas,
+        "steps_per_epoch": steps_per_epoch,
+        "remainder": config.remainder,
+        "index": inputs.data.index.fingerprint(),
+        "policy": trainable.policy,
+    }
