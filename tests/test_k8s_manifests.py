@@ -722,8 +722,10 @@ def strip_submission_metadata(docs: list[dict]) -> list[dict]:
     return docs
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
+@pytest.mark.parametrize(
+    ("overlay", "metrics"), [(o, False) for o in OVERLAYS] + [("gke", True), ("jobset", True)]
+)
+def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay, metrics):
     image = "europe-docker.pkg.dev/proj/st/trainer"
     tag = "3f2a1bc"
     workers = 3 if "multi-worker" in overlay or overlay == "jobset" else 1
@@ -744,6 +746,8 @@ def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
     overlay_file = copy / "overlays" / overlay / "kustomization.yaml"
     kustomization = yaml.safe_load(overlay_file.read_text())
     kustomization["namespace"] = "team-ml"
+    if metrics:  # --metrics: components/metrics, before params as every component
+        kustomization["components"].insert(-1, "../../components/metrics")
     overlay_file.write_text(yaml.safe_dump(kustomization))
     expected = docs_of(kustomize(copy / "overlays" / overlay))
 
@@ -762,12 +766,14 @@ def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
             "--submitter=ci",
             "--dry-run",
             f"--kubectl={KUBECTL}",
+            *(["--metrics"] if metrics else []),
         ],
         environ={},
         out=out,
     )
     assert code == 0
     actual = docs_of(out.getvalue())
+    assert bool(by_kind(actual, "PodMonitoring")) == metrics
     # The launcher did add its run labels: the comparison below is not vacuous.
     (workload,) = by_kind(actual, "Job") + by_kind(actual, "JobSet")
     assert workload["metadata"]["labels"][LABEL_PREFIX + "git-sha"] == "3f2a1bc"

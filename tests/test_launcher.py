@@ -641,3 +641,37 @@ def test_jobset_name_may_use_every_character_its_pod_names_leave(api, kubeconfig
     code, out = run(kubeconfig, "--workers=2", f"--name={name}", "--dry-run", overlay="jobset")
     assert code == LaunchExit.OK
     assert f"name: {name}" in out
+
+
+@pytest.mark.parametrize("overlay", ["gke", "jobset"])
+def test_metrics_sets_the_port_and_leaves_the_monitoring_to_kubectl(
+    api, kubeconfig, caplog, overlay
+):
+    """--metrics adds components/metrics: the Job (a JobSet's workers) serves on the port its
+    PodMonitoring scrapes; the PodMonitoring and NetworkPolicy are skipped, not created (the
+    launcher's Role may not), and say so."""
+    with caplog.at_level(logging.INFO):
+        workers = "--workers=2" if overlay == "jobset" else "--workers=1"
+        code, out = run(kubeconfig, "--metrics", workers, overlay=overlay)
+    assert code == LaunchExit.OK, out
+    if overlay == "jobset":
+        (jobset,) = api.items("jobsets")
+        pod = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    else:
+        (job,) = api.items("jobs")
+        pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "TRAINER_METRICS_PORT", "value": "9400"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9400} in container["ports"]
+    created = [path for method, path in api.requests if method == "POST"]
+    assert len(created) == 1 and "/jobs" in created[0], created
+    assert "PodMonitoring/streamtrain-trainer: not created by the launcher" in caplog.text
+
+
+def test_metrics_port_is_not_overridden_under_metrics(api, kubeconfig, caplog):
+    code, _ = run(kubeconfig, "--metrics", "--trainer-env=TRAINER_METRICS_PORT=9090")
+    assert code == LaunchExit.BAD_INPUT
+    assert "--trainer-env: TRAINER_METRICS_PORT is set by --metrics" in caplog.text
+    assert api.requests == []
+    # Without --metrics it is the trainer's to serve, on a port no PodMonitoring names.
+    assert run(kubeconfig, "--trainer-env=TRAINER_METRICS_PORT=9090", "--dry-run")[0] == 0

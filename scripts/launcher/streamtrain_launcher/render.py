@@ -91,6 +91,8 @@ def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dic
     if opts.queue:
         params["QUEUE"] = opts.queue
         components.append(str(k8s / "components" / "kueue"))
+    if opts.metrics:
+        components.append(str(k8s / "components" / "metrics"))
     # The run's patches are a component of their own, before params: params copies the Job
     # into a JobSet, and a kustomization's own patches would only run after its components.
     submission = workdir / "submission"
