@@ -665,6 +665,26 @@ def test_metrics_port_is_added_beside_the_worker_port(tmp_path, components):
     assert (env["TRAINER_WORKER_PORT"], env["TRAINER_METRICS_PORT"]) == ("2222", "9400")
 
 
+def test_the_metrics_docs_name_what_is_served_and_applied():
+    """docs/operations.md's Metrics section lists every metric the trainer exports (with its
+    type), and its kubectl command applies every object components/metrics adds."""
+    from trainer.data.counters import Counters
+    from trainer.train.telemetry import Telemetry
+
+    section = (K8S.parent / "docs" / "operations.md").read_text().split("\n## Metrics\n")[1]
+    section = section.split("\n## ")[0]
+    documented = dict(re.findall(r"^\| `(streamtrain_\w+)` \| (\w+) \|", section, re.M))
+    telemetry = Telemetry(Counters(), worker=0, total_steps=1, start_step=0)
+    served = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in telemetry.registry.collect()
+    }
+    assert documented == served
+    component = yaml.safe_load((K8S / "components" / "metrics" / "kustomization.yaml").read_text())
+    applied = re.findall(r"-f k8s/components/metrics/(\S+\.yaml)", section)
+    assert sorted(applied) == sorted(component["resources"])
+
+
 def test_every_component_is_rendered_by_the_tests(rendered, tmp_path):
     components = {p.name for p in (K8S / "components").iterdir()}
     used = {"params", "gke", "multi-worker", "kueue", "jobset"}
