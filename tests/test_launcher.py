@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kube_api_server import (
     KubeApiServer,
     status_body,
@@ -675,3 +677,34 @@ def test_metrics_port_is_not_overridden_under_metrics(api, kubeconfig, caplog):
     assert api.requests == []
     # Without --metrics it is the trainer's to serve, on a port no PodMonitoring names.
     assert run(kubeconfig, "--trainer-env=TRAINER_METRICS_PORT=9090", "--dry-run")[0] == 0
+
+
+def test_metrics_on_an_overlay_that_lists_it_adds_it_once(tmp_path):
+    """An overlay of one's own with components/metrics: --metrics does not add it again."""
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    overlay = manifests / "overlays" / "gke-metrics"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../../base]\n"
+        "components: [../../components/gke, ../../components/metrics, ../../components/params]\n"
+    )
+    out = io.StringIO()
+    code = launch(
+        [
+            f"--manifests={manifests}",
+            f"--kubectl={KUBECTL}",
+            "--overlay=gke-metrics",
+            "--metrics",
+            "--image=us-docker.pkg.dev/proj/st/trainer:3f2a1bc",
+            "--data=gs://data-bkt/flowers",
+            "--output=gs://model-bkt/run1",
+            "--dry-run",
+        ],
+        environ={},
+        out=out,
+    )
+    assert code == LaunchExit.OK
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.getvalue()) if d]
+    assert kinds.count("PodMonitoring") == 1
