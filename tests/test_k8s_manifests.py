@@ -1,6 +1,7 @@
 """k8s/: every overlay and GKE component renders with kubectl kustomize, validates strictly
-against Kubernetes 1.31 and the newest schema kubernetes-validate knows (a JobSet against the
-JobSet CRD's schema in tests/schemas/, its Jobs as Jobs), passes checkov, and implements the
+against Kubernetes 1.31 and the newest schema kubernetes-validate knows (a JobSet or a
+PodMonitoring against its CRD's schema in tests/schemas/, a JobSet's Jobs as Jobs), passes
+checkov, and implements the
 trainer's contract (exit codes, security context, volumes; for the JobSet, the failure policy
 replayed against the Job controller's and JobSet controller's matching rules). The launcher's
 rendering equals `kubectl kustomize` of the same parameters set the documented way.
@@ -21,11 +22,13 @@ import pytest
 import yaml
 from toolbox import (
     BIN,
+    CRD_SCHEMAS,
     JOBSET_SCHEMA,
     K8S,
     KUBECTL,
     OLDEST_K8S,
     OVERLAYS,
+    PODMONITORING_SCHEMA,
     by_kind,
     checkov_bin,
     docs_of,
@@ -45,8 +48,8 @@ def newest_validator_version() -> str:
 
 
 def validate_strict(path: Path, version: str) -> None:
-    """kubernetes-validate --strict; every resource but a JobSet (no schema there: see
-    validate_jobsets) must have been validated, not skipped."""
+    """kubernetes-validate --strict; every resource but a custom one (JobSet, PodMonitoring:
+    no schema there, see validate_custom) must have been validated, not skipped."""
     result = subprocess.run(
         [str(BIN / "kubernetes-validate"), "--strict", "-k", version, str(path)],
         capture_output=True,
@@ -56,10 +59,12 @@ def validate_strict(path: Path, version: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     docs = docs_of(path.read_text())
     passed = re.findall(r"passed for resource (\S+)/(\S+) against", result.stdout)
-    expected = [(d["kind"].lower(), d["metadata"]["name"]) for d in docs if d["kind"] != "JobSet"]
+    expected = [
+        (d["kind"].lower(), d["metadata"]["name"]) for d in docs if d["kind"] not in CRD_SCHEMAS
+    ]
     assert sorted(passed) == sorted(expected), result.stdout + result.stderr
     skipped = re.findall(r"Couldn't find schema for kind (\S+)", result.stdout + result.stderr)
-    assert set(skipped) <= {"JobSet"}, skipped
+    assert set(skipped) <= set(CRD_SCHEMAS), skipped
 
 
 def validate_jobsets(path: Path, tmp_path: Path, versions: list[str]) -> int:
@@ -77,9 +82,19 @@ def validate_jobsets(path: Path, tmp_path: Path, versions: list[str]) -> int:
     return len(jobsets)
 
 
-def check_jsonschema(doc: Path, *, expect_ok: bool = True) -> str:
+def validate_custom(path: Path, tmp_path: Path, kind: str) -> int:
+    """Each `kind` object in `path` against its CRD's schema; returns how many there were."""
+    found = by_kind(docs_of(path.read_text()), kind)
+    for i, doc in enumerate(found):
+        target = tmp_path / f"{path.stem}-{kind}-{i}.json"
+        target.write_text(json.dumps(doc))
+        check_jsonschema(target, schema=CRD_SCHEMAS[kind])
+    return len(found)
+
+
+def check_jsonschema(doc: Path, *, expect_ok: bool = True, schema: Path = JOBSET_SCHEMA) -> str:
     result = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--schemafile", str(JOBSET_SCHEMA), str(doc)],
+        [str(BIN / "check-jsonschema"), "--schemafile", str(schema), str(doc)],
         capture_output=True,
         text=True,
         check=False,
@@ -539,6 +554,137 @@ def test_components_reach_the_jobset_through_the_params_copy(rendered):
     )
 
 
+# -- components/metrics: GKE Managed Prometheus ------------------------------------------------
+
+# Prometheus's duration syntax (model.ParseDuration), which GMP requires of an interval.
+PROMETHEUS_DURATION = re.compile(
+    r"((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?"
+)
+
+
+def ports_of(job: dict) -> dict[str, int]:
+    (container,) = [
+        c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == "trainer"
+    ]
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # all these manifests use
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_every_podmonitoring_validates_against_the_crd_schema(rendered, tmp_path):
+    counted = {
+        name: validate_custom(path, tmp_path, "PodMonitoring") for name, path in rendered.items()
+    }
+    assert counted["components/metrics"] == counted["components/metrics-jobset"] == 1
+    assert counted["gke"] == counted["jobset"] == 0
+
+
+def test_the_podmonitoring_schema_rejects_what_the_api_server_would(rendered, tmp_path):
+    (monitoring,) = by_kind(docs_of(rendered["components/metrics"].read_text()), "PodMonitoring")
+    assert json.loads(PODMONITORING_SCHEMA.read_text())["title"] == (
+        "PodMonitoring monitoring.googleapis.com/v1"
+    )
+
+    def broken(change) -> str:
+        doc = json.loads(json.dumps(monitoring))
+        change(doc)
+        path = tmp_path / "broken-podmonitoring.json"
+        path.write_text(json.dumps(doc))
+        return check_jsonschema(path, expect_ok=False, schema=PODMONITORING_SCHEMA)
+
+    endpoint = lambda d: d["spec"]["endpoints"][0]  # noqa: E731
+    broken(lambda d: endpoint(d).pop("port"))  # required: what to scrape
+    broken(lambda d: endpoint(d).update(port=""))  # minLength 1
+    broken(lambda d: endpoint(d).pop("interval"))  # required
+    broken(lambda d: endpoint(d).update(intervall="30s"))  # a typo: strict fields
+    broken(lambda d: endpoint(d).update(scheme="tcp"))  # http or https
+    broken(lambda d: d["spec"].update(endpoints=[]))  # minItems 1
+    broken(lambda d: d["spec"].pop("selector"))
+    broken(lambda d: d.update(apiVersion="monitoring.googleapis.com/v1alpha1"))
+
+
+@pytest.mark.parametrize("name", ["components/metrics", "components/metrics-jobset"])
+def test_metrics_component_scrapes_the_port_the_trainer_serves(rendered, name, tmp_path):
+    """The PodMonitoring selects the trainer's pods and names the port the trainer listens on
+    (TRAINER_METRICS_PORT, read by the trainer's own config); GMP's collectors may reach it."""
+    from trainer.config import build_config
+
+    docs = docs_of(rendered[name].read_text())
+    job = job_of(rendered[name])
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    (monitoring,) = by_kind(docs, "PodMonitoring")
+    (endpoint,) = monitoring["spec"]["endpoints"]
+    port = ports_of(job)[endpoint["port"]]
+    env = env_of(job)
+    assert int(env["TRAINER_METRICS_PORT"]) == port
+    assert matches(monitoring["spec"]["selector"], pod_labels)
+    assert monitoring["metadata"]["namespace"] == job["metadata"]["namespace"]
+    assert endpoint.get("path", "/metrics") == "/metrics"  # where prometheus-client serves
+    assert PROMETHEUS_DURATION.fullmatch(endpoint["interval"]) and endpoint["interval"]
+    (tmp_path / "data").mkdir()
+    cfg = build_config(
+        ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "out")],
+        env={"TRAINER_METRICS_PORT": env["TRAINER_METRICS_PORT"]},
+    )
+    assert cfg.metrics_port == port
+    # Every policy selecting the pods is additive: one must admit gmp-system on that port.
+    policies = [
+        p for p in by_kind(docs, "NetworkPolicy") if matches(p["spec"]["podSelector"], pod_labels)
+    ]
+    assert len(policies) == 2  # k8s/namespace's, and the component's
+
+    def admits_collectors(rule: dict) -> bool:
+        ports = [p["port"] for p in rule.get("ports", [])]
+        return (endpoint["port"] in ports or port in ports) and any(
+            peer.get("namespaceSelector")
+            == {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}
+            for peer in rule["from"]
+        )
+
+    admitting = [r for p in policies for r in p["spec"]["ingress"] if admits_collectors(r)]
+    assert len(admitting) == 1
+    # Only the metrics port (the worker port stays closed to other namespaces), and only the
+    # collectors' pods, as upstream's DaemonSet labels them (its immutable selector).
+    assert admitting[0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    (peer,) = admitting[0]["from"]
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "collector"}}
+
+
+@pytest.mark.parametrize(
+    "components",
+    [["multi-worker", "metrics"], ["metrics", "multi-worker"], ["metrics", "jobset"]],
+)
+def test_metrics_port_is_added_beside_the_worker_port(tmp_path, components):
+    """In either order, the trainer keeps the worker port 2222 and gains the metrics port."""
+    (job,) = jobs_of(docs_of(kustomize_with(components, {}, tmp_path / "k")))
+    assert ports_of(job) == {"worker": 2222, "metrics": 9400}
+    env = env_of(job)
+    assert (env["TRAINER_WORKER_PORT"], env["TRAINER_METRICS_PORT"]) == ("2222", "9400")
+
+
+def test_the_metrics_docs_name_what_is_served_and_applied():
+    """docs/operations.md's Metrics section lists every metric the trainer exports (with its
+    type), and its kubectl command applies every object components/metrics adds."""
+    from trainer.data.counters import Counters
+    from trainer.train.telemetry import Telemetry
+
+    section = (K8S.parent / "docs" / "operations.md").read_text().split("\n## Metrics\n")[1]
+    section = section.split("\n## ")[0]
+    documented = dict(re.findall(r"^\| `(streamtrain_\w+)` \| (\w+) \|", section, re.M))
+    telemetry = Telemetry(Counters(), worker=0, total_steps=1, start_step=0)
+    served = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in telemetry.registry.collect()
+    }
+    assert documented == served
+    component = yaml.safe_load((K8S / "components" / "metrics" / "kustomization.yaml").read_text())
+    applied = re.findall(r"-f k8s/components/metrics/(\S+\.yaml)", section)
+    assert sorted(applied) == sorted(component["resources"])
+
+
 def test_every_component_is_rendered_by_the_tests(rendered, tmp_path):
     components = {p.name for p in (K8S / "components").iterdir()}
     used = {"params", "gke", "multi-worker", "kueue", "jobset"}
@@ -596,8 +742,10 @@ def strip_submission_metadata(docs: list[dict]) -> list[dict]:
     return docs
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
+@pytest.mark.parametrize(
+    ("overlay", "metrics"), [(o, False) for o in OVERLAYS] + [("gke", True), ("jobset", True)]
+)
+def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay, metrics):
     image = "europe-docker.pkg.dev/proj/st/trainer"
     tag = "3f2a1bc"
     workers = 3 if "multi-worker" in overlay or overlay == "jobset" else 1
@@ -618,6 +766,8 @@ def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
     overlay_file = copy / "overlays" / overlay / "kustomization.yaml"
     kustomization = yaml.safe_load(overlay_file.read_text())
     kustomization["namespace"] = "team-ml"
+    if metrics:  # --metrics: components/metrics, before params as every component
+        kustomization["components"].insert(-1, "../../components/metrics")
     overlay_file.write_text(yaml.safe_dump(kustomization))
     expected = docs_of(kustomize(copy / "overlays" / overlay))
 
@@ -636,12 +786,14 @@ def test_launcher_rendering_equals_kubectl_kustomize(tmp_path, overlay):
             "--submitter=ci",
             "--dry-run",
             f"--kubectl={KUBECTL}",
+            *(["--metrics"] if metrics else []),
         ],
         environ={},
         out=out,
     )
     assert code == 0
     actual = docs_of(out.getvalue())
+    assert bool(by_kind(actual, "PodMonitoring")) == metrics
     # The launcher did add its run labels: the comparison below is not vacuous.
     (workload,) = by_kind(actual, "Job") + by_kind(actual, "JobSet")
     assert workload["metadata"]["labels"][LABEL_PREFIX + "git-sha"] == "3f2a1bc"

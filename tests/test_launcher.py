@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kube_api_server import (
     KubeApiServer,
     status_body,
@@ -744,3 +746,68 @@ def test_a_path_on_the_gcsfuse_mount_is_accepted(tmp_path):
     )
     assert code == LaunchExit.OK, out
     assert "value: /data/datasets/flowers" in out
+
+
+@pytest.mark.parametrize("overlay", ["gke", "jobset"])
+def test_metrics_sets_the_port_and_leaves_the_monitoring_to_kubectl(
+    api, kubeconfig, caplog, overlay
+):
+    """--metrics adds components/metrics: the Job (a JobSet's workers) serves on the port its
+    PodMonitoring scrapes; the PodMonitoring and NetworkPolicy are skipped, not created (the
+    launcher's Role may not), and say so."""
+    with caplog.at_level(logging.INFO):
+        workers = "--workers=2" if overlay == "jobset" else "--workers=1"
+        code, out = run(kubeconfig, "--metrics", workers, overlay=overlay)
+    assert code == LaunchExit.OK, out
+    if overlay == "jobset":
+        (jobset,) = api.items("jobsets")
+        pod = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    else:
+        (job,) = api.items("jobs")
+        pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "TRAINER_METRICS_PORT", "value": "9400"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9400} in container["ports"]
+    created = [path for method, path in api.requests if method == "POST"]
+    assert len(created) == 1 and "/jobs" in created[0], created
+    assert "PodMonitoring/streamtrain-trainer: not created by the launcher" in caplog.text
+
+
+def test_metrics_port_is_not_overridden_under_metrics(api, kubeconfig, caplog):
+    code, _ = run(kubeconfig, "--metrics", "--trainer-env=TRAINER_METRICS_PORT=9090")
+    assert code == LaunchExit.BAD_INPUT
+    assert "--trainer-env: TRAINER_METRICS_PORT is set by --metrics" in caplog.text
+    assert api.requests == []
+    # Without --metrics it is the trainer's to serve, on a port no PodMonitoring names.
+    assert run(kubeconfig, "--trainer-env=TRAINER_METRICS_PORT=9090", "--dry-run")[0] == 0
+
+
+def test_metrics_on_an_overlay_that_lists_it_adds_it_once(tmp_path):
+    """An overlay of one's own with components/metrics: --metrics does not add it again."""
+    manifests = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", manifests)
+    overlay = manifests / "overlays" / "gke-metrics"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../../base]\n"
+        "components: [../../components/gke, ../../components/metrics, ../../components/params]\n"
+    )
+    out = io.StringIO()
+    code = launch(
+        [
+            f"--manifests={manifests}",
+            f"--kubectl={KUBECTL}",
+            "--overlay=gke-metrics",
+            "--metrics",
+            "--image=us-docker.pkg.dev/proj/st/trainer:3f2a1bc",
+            "--data=gs://data-bkt/flowers",
+            "--output=gs://model-bkt/run1",
+            "--dry-run",
+        ],
+        environ={},
+        out=out,
+    )
+    assert code == LaunchExit.OK
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.getvalue()) if d]
+    assert kinds.count("PodMonitoring") == 1

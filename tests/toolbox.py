@@ -7,7 +7,8 @@ A JobSet is a custom resource: kubernetes-validate has no schema for it and chec
 scan it. `jobs_of` therefore also returns a JobSet's worker template as the batch/v1 Job the
 JobSet controller creates from it, `render_all` writes those next to each rendering (so a
 checkov scan of the directory covers the JobSet's pods), and tests/schemas/ holds the JobSet
-CRD's schema for check-jsonschema.
+CRD's schema for check-jsonschema, and the PodMonitoring CRD's (GKE Managed Prometheus,
+components/metrics): CRD_SCHEMAS maps each custom kind to its schema.
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
 OLDEST_K8S = "1.31.0"
 SCHEMAS = ROOT / "tests" / "schemas"
 JOBSET_SCHEMA = SCHEMAS / "jobset.x-k8s.io_v1alpha2.json"
+PODMONITORING_SCHEMA = SCHEMAS / "monitoring.googleapis.com_v1_podmonitoring.json"
+CRD_SCHEMAS = {"JobSet": JOBSET_SCHEMA, "PodMonitoring": PODMONITORING_SCHEMA}
 # The GKE components, each rendered on top of the base with the components it needs, as a
 # Job and, through components/jobset, as a JobSet: (name, components before params, params).
 COMPONENT_RENDERS = {
     "gcsfuse": (["gke", "gcsfuse"], {"DATA": "/data/datasets/flowers"}),
     "spot": (["gke", "spot"], {}),
     "flex-start": (["gke", "kueue", "flex-start"], {}),
+    "metrics": (["gke", "metrics"], {}),
+    "metrics-jobset": (["gke", "jobset", "metrics"], {}),
     "jobset-gke-all": (
         ["gke", "jobset", "spot", "gcsfuse", "kueue", "flex-start"],
         {"DATA": "/data/datasets/flowers"},

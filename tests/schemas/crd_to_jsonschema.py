@@ -8,7 +8,10 @@ What changes, and why (tests/schemas/README.md says the same):
   document, default or steer merges; they accept or reject nothing.
 * `x-kubernetes-validations` (CEL rules) are dropped: no offline validator evaluates them.
   The JobSet rules are immutability (`self == oldSelf`) and one mutual exclusion that the
-  manifests do not come near (startupPolicy with dependsOn).
+  manifests do not come near (startupPolicy with dependsOn); tests/schemas/README.md lists
+  the PodMonitoring ones.
+* `format: duration` is dropped: Kubernetes means a Go duration ("30s"), JSON Schema an ISO
+  8601 one ("PT30S"), so a validator that checks the format would reject valid objects.
 * Every object with `properties` (and without `x-kubernetes-preserve-unknown-fields`) gets
   `additionalProperties: false`: an unknown field is an error, as it is for
   `kubectl apply`, whose default `--validate=strict` asks the API server to reject unknown
@@ -46,7 +49,7 @@ def convert(node: Any) -> Any:
         return node
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in DROPPED:
+        if key in DROPPED or (key == "format" and value == "duration"):
             continue
         if key == "properties":
             out[key] = {name: convert(sub) for name, sub in value.items()}

@@ -126,6 +126,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="k8s/overlays/<name>: gke, multi-worker, gke-multi-worker, kueue, jobset (gke)",
     )
     where.add_argument("--queue", default=env("QUEUE"), help="Kueue LocalQueue to submit to")
+    where.add_argument(
+        "--metrics",
+        action="store_true",
+        default=env_bool("METRICS"),
+        help="add k8s/components/metrics: the trainer serves Prometheus metrics on port 9400 "
+        "for GKE Managed Prometheus (its PodMonitoring and NetworkPolicy are per namespace, "
+        "applied once with kubectl: docs/operations.md)",
+    )
     where.add_argument("--name", default=env("NAME"), help="exact Job name (default: unique)")
     where.add_argument("--name-prefix", default=env("NAME_PREFIX", "streamtrain"))
     where.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="default: $KUBECONFIG")
@@ -179,6 +187,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> L
         workers=args.workers,
         namespace=args.namespace,
         queue=args.queue or None,
+        metrics=args.metrics,
         name=args.name or None,
         name_prefix=args.name_prefix,
         git_sha=args.git_sha or default_git_sha(environ, manifests),

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # The launcher creates these kinds; the rest of a rendering (the trainer's ServiceAccount,
-# the NetworkPolicy) is set up once per namespace with `kubectl apply -k k8s/rbac`.
+# the NetworkPolicies, --metrics' PodMonitoring) is set up once per namespace with kubectl.
 SUBMITTED_KINDS = ("Service", "Job", "JobSet")
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")  # group, version, plural
 # As `kubectl apply` (--validate=strict): an unknown field is a 422, not silently dropped (an
@@ -176,5 +176,10 @@ def submit(api: client.ApiClient, docs: list[dict[str, Any]], *, namespace: str)
             logger.info("created JobSet %s/%s", namespace, name)
             submitted = (kind, name)
         else:
-            logger.info("%s/%s: not created by the launcher (apply k8s/rbac once)", kind, name)
+            logger.info(
+                "%s/%s: not created by the launcher (a per-namespace object, applied once "
+                "with kubectl: k8s/rbac, and components/metrics' for --metrics)",
+                kind,
+                name,
+            )
     return submitted

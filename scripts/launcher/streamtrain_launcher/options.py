@@ -91,6 +91,7 @@ TRAINER_VARIABLES = frozenset(
         "TRAINER_LOG_FORMAT",
         "TRAINER_LR_SCHEDULE",
         "TRAINER_MAX_STEPS_PER_EPOCH",
+        "TRAINER_METRICS_PORT",
         "TRAINER_MIN_VAL_ACCURACY",
         "TRAINER_METRICS_PORT",
         "TRAINER_MIXED_PRECISION",
@@ -100,6 +101,7 @@ TRAINER_VARIABLES = frozenset(
         "TRAINER_ON_CORRUPT",
         "TRAINER_OPTIMIZER",
         "TRAINER_OUTPUT",
+        "TRAINER_PEER_WAIT_S",
         "TRAINER_PREFETCH_BATCHES",
         "TRAINER_REMAINDER",
         "TRAINER_REQUEST_TIMEOUT_S",
@@ -118,6 +120,8 @@ TRAINER_VARIABLES = frozenset(
         "TRAINER_WORKER_SERVICE",
     }
 )
+# Set by components/metrics (--metrics): the port its PodMonitoring and NetworkPolicy name.
+METRICS_ENV = "TRAINER_METRICS_PORT"
 MAX_GPUS = 16
 MAX_WORKERS = 64
 
@@ -135,6 +139,7 @@ class LaunchOptions:
     workers: int = 1
     namespace: str = "streamtrain"
     queue: str | None = None
+    metrics: bool = False
     name: str | None = None
     name_prefix: str = "streamtrain"
     git_sha: str = "unknown"
@@ -198,6 +203,11 @@ def validate(opts: LaunchOptions) -> None:
             raise _bad("--trainer-env", f"{key!r}: only TRAINER_* variables can be set")
         if key in MANAGED_ENV:
             raise _bad("--trainer-env", f"{key} is set by the launcher's own flags")
+        if key == METRICS_ENV and opts.metrics:
+            raise _bad(
+                "--trainer-env",
+                f"{key} is set by --metrics (the port its PodMonitoring scrapes); leave it out",
+            )
 
 
 def unknown_trainer_env(opts: LaunchOptions) -> list[str]:

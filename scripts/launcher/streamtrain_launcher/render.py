@@ -77,6 +77,17 @@ def submission_patches(opts: LaunchOptions) -> list[dict[str, Any]]:
     ]
 
 
+def lists_component(opts: LaunchOptions, component: str) -> bool:
+    """Whether the overlay itself lists components/<component> (kustomize refuses a component's
+    resources twice)."""
+    path = opts.manifests / "overlays" / opts.overlay / "kustomization.yaml"
+    try:
+        listed = (yaml.safe_load(path.read_text()) or {}).get("components") or []
+    except (OSError, yaml.YAMLError):
+        return False  # kustomize reports it, naming the file
+    return any(Path(str(c)).parts[-2:] == ("components", component) for c in listed)
+
+
 def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dict[str, Any]:
     """The kustomization (written into `workdir`, with its `submission` component) that
     applies `opts` to the overlay."""
@@ -92,6 +103,8 @@ def build_kustomization(opts: LaunchOptions, *, name: str, workdir: Path) -> dic
     if opts.queue:
         params["QUEUE"] = opts.queue
         components.append(str(k8s / "components" / "kueue"))
+    if opts.metrics and not lists_component(opts, "metrics"):
+        components.append(str(k8s / "components" / "metrics"))
     # The run's patches are a component of their own, before params: params copies the Job
     # into a JobSet, and a kustomization's own patches would only run after its components.
     submission = workdir / "submission"
