@@ -79,7 +79,12 @@ def rate(entry: dict) -> str:
 
 
 def launch_with(
-    kubeconfig: Path, out: io.StringIO, clock: Clock, *extra: str, overlay: str = "gke"
+    kubeconfig: Path,
+    out: io.StringIO,
+    clock: Clock,
+    *extra: str,
+    overlay: str = "gke",
+    environ: dict[str, str] | None = None,
 ) -> int:
     return launch(
         [
@@ -94,7 +99,7 @@ def launch_with(
             "--wait",
             *extra,
         ],
-        environ={},
+        environ=environ or {},
         out=out,
         clock=clock,
     )
@@ -197,6 +202,24 @@ def test_on_timeout_the_last_line_is_the_chiefs_progress_with_its_eta(api, kubec
     )
 
 
+def test_a_deleted_job_ends_with_its_progress(api, kubeconfig, trainer_log):
+    out = io.StringIO()
+    cut = after(trainer_log, global_step=2)
+
+    def scenario(job):
+        pod = api.add_pod(job, index=0, status=running_status(job))
+        api.log(pod, *trainer_log[:cut])
+        wait_for(out, trainer_log[cut - 1])
+        api.delete("jobs", job["metadata"]["name"])
+
+    api.on_job_created = scenario
+    code = launch_with(kubeconfig, out, Clock(), "--timeout=60s")
+    lines = out.getvalue().splitlines()
+    assert code == LaunchExit.JOB_DELETED, lines
+    assert lines[-1].startswith("progress at the end: epoch 1/2, step 2/10 (20%), ")
+    assert "ETA" not in lines[-1]
+
+
 def test_progress_every_0_prints_none(api, kubeconfig, trainer_log):
     out, clock = io.StringIO(), Clock()
 
@@ -214,10 +237,17 @@ def test_progress_every_0_prints_none(api, kubeconfig, trainer_log):
     assert "progress" not in out.getvalue()
 
 
-@pytest.mark.parametrize("value", ["soon", "-5s"])
-def test_a_bad_progress_every_exits_2_naming_the_flag(api, kubeconfig, capsys, value):
+@pytest.mark.parametrize(
+    ("flag", "environ"),
+    [
+        ("--progress-every=soon", {}),
+        ("--progress-every=-5s", {}),
+        ("", {"LAUNCH_PROGRESS_EVERY": "1x"}),
+    ],
+)
+def test_a_bad_progress_every_exits_2_naming_the_flag(api, kubeconfig, capsys, flag, environ):
     with pytest.raises(SystemExit) as exit_:
-        launch_with(kubeconfig, io.StringIO(), Clock(), f"--progress-every={value}")
+        launch_with(kubeconfig, io.StringIO(), Clock(), *filter(None, [flag]), environ=environ)
     assert exit_.value.code == LaunchExit.BAD_INPUT
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("launch: ERROR argument --progress-every: ")
