@@ -185,6 +185,9 @@ class TrainLoop:
                     steps=self.steps_per_epoch,
                     totals=totals,
                     meter=window,
+                    global_step=step,
+                    total_steps=self.total_steps,
+                    window_steps=step - window_start,
                 )
                 window.mark()
                 window_start = step

@@ -1,7 +1,8 @@
 """What the run reports: progress lines, per-epoch records, TensorBoard scalars, the gate.
 
 meter = Meter(counters)                  # throughput and data wait since the last mark
-log_progress(epoch=0, epochs=3, index=10, steps=24, totals=acc, meter=meter)
+log_progress(epoch=0, epochs=3, index=10, steps=24, totals=acc, meter=meter,
+             global_step=10, total_steps=72, window_steps=10)
 board = TensorBoard(uri, storage=storage) if chief else None
 board.write(epoch=1, record=record)
 """
@@ -49,21 +50,36 @@ class Meter:
     def add(self, samples: float) -> None:
         self.samples += samples
 
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
     def read(self) -> tuple[float, float]:
         """(images/s, data-wait fraction) since the mark."""
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        elapsed = self.seconds()
         waited = self.counters.get("wait_seconds") - self.wait
         return self.samples / elapsed, min(1.0, waited / elapsed)
 
 
 def log_progress(
-    *, epoch: int, epochs: int, index: int, steps: int, totals: np.ndarray, meter: Meter
+    *,
+    epoch: int,
+    epochs: int,
+    index: int,
+    steps: int,
+    totals: np.ndarray,
+    meter: Meter,
+    global_step: int,
+    total_steps: int,
+    window_steps: int,
 ) -> None:
-    """One line per window: the epoch's running loss and accuracy, the window's throughput."""
+    """One line per window: the epoch's running loss and accuracy, the window's throughput, and
+    the time left at the window's step rate (`eta_s`, which the launcher prints)."""
     rate, wait = meter.read()
     loss, accuracy = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-    fields = {"epoch": epoch + 1, "step": index, "steps": steps, "loss": loss}
+    eta = meter.seconds() / max(window_steps, 1) * max(total_steps - global_step, 0)
+    fields = {"epoch": epoch + 1, "epochs": epochs, "step": index, "steps": steps, "loss": loss}
     fields |= {"accuracy": accuracy, "images_per_s": rate, "data_wait_fraction": wait}
+    fields |= {"global_step": global_step, "total_steps": total_steps, "eta_s": eta}
     logger.info(
         "epoch %d/%d step %d/%d loss %.4f accuracy %.4f images/s %.1f data-wait %.0f%%",
         epoch + 1,
@@ -134,7 +150,11 @@ def log_epoch(record: dict[str, Any], *, epochs: int) -> None:
         val,
         record["images_per_s"],
         extra={
-            "fields": {"epoch": record["epoch"], **{k: record[k] for k in SCALARS if k in record}}
+            "fields": {
+                "epoch": record["epoch"],
+                "epochs": epochs,
+                **{k: record[k] for k in SCALARS if k in record},
+            }
         },
     )
 

@@ -17,7 +17,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -41,6 +42,19 @@ def parse_duration(text: str) -> float:
     if not match or float(match[1]) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m or 6h")
     return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def parse_interval(text: str) -> float:
+    """A duration like parse_duration's, or 0 for never."""
+    match = DURATION.match(text.strip())
+    if match and float(match[1]) == 0:
+        return 0.0
+    try:
+        return parse_duration(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 60s or 5m, or 0 for no progress lines"
+        ) from None
 
 
 def parse_env_pair(text: str) -> tuple[str, str]:
@@ -161,6 +175,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("TIMEOUT"),
         help="with --wait: give up after this long (90s, 30m, 6h)",
     )
+    how.add_argument(
+        "--progress-every",
+        type=parse_interval,
+        default=env("PROGRESS_EVERY", "60s"),
+        help="with --wait: print the chief's progress, images/s and ETA this often, and as "
+        "the last line (60s; 0: never)",
+    )
     how.add_argument("--git-sha", default=env("GIT_SHA"), help="default: $GITHUB_SHA or git")
     how.add_argument("--submitter", default=env("SUBMITTER"), help="default: $GITHUB_ACTOR/user")
     return parser
@@ -201,8 +222,10 @@ def launch(
     *,
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Runs the launcher; returns its exit code (LaunchExit). Errors are logged in one line."""
+    """Runs the launcher; returns its exit code (LaunchExit). Errors are logged in one line.
+    `clock` paces the progress lines (tests pass their own)."""
     environ = os.environ if environ is None else environ
     out = sys.stdout if out is None else out
     parser = build_parser(environ)
@@ -238,6 +261,8 @@ def launch(
                 timeout_s=args.timeout,
                 out=out,
                 kind=kind,
+                progress_every_s=args.progress_every,
+                clock=clock,
             )
     except LaunchError as e:
         logger.error("%s", e)

@@ -3,7 +3,8 @@
 `kubectl wait` cannot wait for "Complete or Failed" (kubernetes/kubectl#1629); this can, and
 it also streams every pod's log as the pod starts (prefixed by its worker index), says why
 pods are Pending or why Kueue keeps the Job suspended, and on failure prints the pods' events
-and termination messages.
+and termination messages. From the chief's JSON log lines it prints a `progress:` line every
+`progress_every_s` and one as its last line (streamtrain_launcher.progress).
 
     code = follow_job(api, namespace="streamtrain", name="streamtrain-abc-x7k2p",
                       timeout_s=6 * 3600, out=sys.stdout, kind="Job")   # or kind="JobSet"
@@ -28,6 +29,7 @@ from kubernetes.client.rest import ApiException
 
 from streamtrain_launcher.exitcodes import LaunchError, LaunchExit
 from streamtrain_launcher.kube import JOBSET, api_errors, translate
+from streamtrain_launcher.progress import Progress
 from streamtrain_launcher.queueing import QueueExplainer, is_queued
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,8 @@ class JobFollower:
         out: TextIO,
         watch_timeout_s: int = 60,
         kind: str = "Job",
+        progress_every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if kind not in FINAL:
             raise ValueError(f"cannot follow a {kind}")
@@ -155,6 +159,10 @@ class JobFollower:
         self.log_threads: dict[str, threading.Thread] = {}
         self.reported: dict[str, str | None] = {}
         self.job: dict[str, Any] | None = None
+        # Whether the Job ended (or was deleted), rather than the launcher giving up on it.
+        self.ended = False
+        # `clock` paces the progress lines only; deadlines keep time.monotonic.
+        self.progress = Progress(every_s=progress_every_s, emit=self._print, clock=clock)
 
     @property
     def what(self) -> str:
@@ -227,7 +235,11 @@ class JobFollower:
             logger.info("%s watch interrupted (%s); reconnecting", self._noun(source), last)
             self.stop.wait(min(2**failures * 0.2, 5))
 
-    def _stream_logs(self, pod_name: str, prefix: str) -> None:
+    def _print(self, text: str) -> None:
+        with self.print_lock:
+            print(text, file=self.out, flush=True)
+
+    def _stream_logs(self, pod_name: str, prefix: str, chief: bool) -> None:
         try:
             lines = watch.Watch().stream(
                 self.core.read_namespaced_pod_log,
@@ -237,7 +249,11 @@ class JobFollower:
                 follow=True,
             )
             for line in lines:
+                if chief:
+                    self.progress.read(line)
                 with self.print_lock:
+                    if self.stop.is_set():
+                        return  # followed to the end: the last line has been printed
                     print(f"[{prefix}] {line}", file=self.out, flush=True)
         except Exception as e:
             # Logs are a convenience: a failed stream must not fail the launch.
@@ -262,7 +278,10 @@ class JobFollower:
         if name not in self.log_threads and ("running" in state or "terminated" in state):
             prefix = worker_prefix(pod)
             thread = threading.Thread(
-                target=self._stream_logs, args=(name, prefix), name=f"logs-{name}", daemon=True
+                target=self._stream_logs,
+                args=(name, prefix, worker_index(pod) == "0"),
+                name=f"logs-{name}",
+                daemon=True,
             )
             self.log_threads[name] = thread
             thread.start()
@@ -424,9 +443,11 @@ class JobFollower:
             return self._loop(deadline)
         finally:
             self.stop.set()
+            self.progress.finish(ended=self.ended)
 
     def _loop(self, deadline: float | None) -> LaunchExit:
         while True:
+            self.progress.tick()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise LaunchError(
@@ -445,6 +466,7 @@ class JobFollower:
                 self._on_pod(event.type, event.obj)
                 continue
             if event.type == "DELETED":
+                self.ended = True
                 raise LaunchError(
                     f"{self.what} was deleted while being followed", LaunchExit.JOB_DELETED
                 )
@@ -452,6 +474,7 @@ class JobFollower:
             condition = job_condition(event.obj, self.kind)
             if condition is None:
                 continue
+            self.ended = True
             self._drain_logs()
             if condition["type"] == FINAL[self.kind][0]:
                 logger.info("%s completed", self.what)
@@ -468,9 +491,11 @@ def follow_job(
     out: TextIO,
     watch_timeout_s: int = 60,
     kind: str = "Job",
+    progress_every_s: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> LaunchExit:
     """Follows the Job (or JobSet) `namespace/name` to its end; raises LaunchError on timeout
-    or API errors."""
+    or API errors. Prints a progress line every `progress_every_s` (0: none)."""
     return JobFollower(
         api,
         namespace=namespace,
@@ -479,4 +504,6 @@ def follow_job(
         out=out,
         watch_timeout_s=watch_timeout_s,
         kind=kind,
+        progress_every_s=progress_every_s,
+        clock=clock,
     ).run()
