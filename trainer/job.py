@@ -15,9 +15,10 @@ import os
 from typing import Any
 
 from trainer.data.counters import Counters
-from trainer.data.storage import Storage
+from trainer.data.storage import Storage, is_gcs
 from trainer.distribute.cluster import Cluster, cluster_from_env
 from trainer.distribute.strategy import StrategySetup
+from trainer.errors import StorageNotFoundError, StoragePermissionError
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
 from trainer.train.augment import describe
@@ -45,6 +46,7 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
         data = load_data(config, storage)
         if cluster.is_chief:
             storage.check_writable(outputs.root)
+            probe_gcs_dirs(config, storage)
         # TensorFlow loads only now: bad configuration and data failed above within a second.
         setup = start_strategy(config, cluster)
         stop = StopFlag()
@@ -80,6 +82,20 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
     finally:
         with contextlib.suppress(Exception):
             storage.close()
+
+
+def probe_gcs_dirs(config: Any, storage: Storage) -> None:
+    """gs:// --checkpoint-dir and --tensorboard-dir are written to first after an epoch: a
+    missing bucket or a refused write fails now (local ones were probed with the config)."""
+    for flag, uri in (
+        ("--checkpoint-dir (TRAINER_CHECKPOINT_DIR)", config.checkpoint_dir),
+        ("--tensorboard-dir (TRAINER_TENSORBOARD_DIR)", config.tensorboard_dir),
+    ):
+        if is_gcs(uri) and not uri.startswith(config.output.rstrip("/") + "/"):
+            try:
+                storage.check_writable(uri)
+            except (StorageNotFoundError, StoragePermissionError) as e:
+                raise type(e)(f"{flag}: {e}") from None
 
 
 def find_cluster(config: Any) -> Cluster:
