@@ -8,8 +8,8 @@ packs images into shards, `trainer version`.
 Exit codes are those of trainer.errors.ExitCode: a TrainerError prints `error: <message>` as
 one line on stderr and exits with its code; a usage error exits 2; Ctrl-C exits 130; a
 read-only, full or over-quota disk (or a refused permission) naming its file exits 2 with one
-line; anything else logs its traceback and exits 1. TensorFlow is imported only after the configuration
-passed validation, so configuration mistakes are reported within a second.
+line; anything else logs its traceback and exits 1. TensorFlow is imported only after the
+configuration passed validation, so configuration mistakes are reported within a second.
 """
 
 from __future__ import annotations
