@@ -6,9 +6,10 @@ packs images into shards, `trainer version`.
     python -m trainer version
 
 Exit codes are those of trainer.errors.ExitCode: a TrainerError prints `error: <message>` as
-one line on stderr and exits with its code; a usage error exits 2; Ctrl-C exits 130; anything
-else logs its traceback and exits 1. TensorFlow is imported only after the configuration
-passed validation, so configuration mistakes are reported within a second.
+one line on stderr and exits with its code; a usage error exits 2; Ctrl-C exits 130; a
+read-only, full or over-quota disk (or a refused permission) naming its file exits 2 with one
+line; anything else logs its traceback and exits 1. TensorFlow is imported only after the
+configuration passed validation, so configuration mistakes are reported within a second.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from trainer import config as config_module
-from trainer.errors import ExitCode, TrainerError
+from trainer.errors import ExitCode, TrainerError, write_error
 from trainer.logs import error_line, setup_logging
 from trainer.train.hooks import Hooks
 
@@ -105,6 +106,23 @@ def _train(namespace: argparse.Namespace, hooks: Hooks | None) -> int:
     return int(run(cfg, hooks=hooks))
 
 
+def _report(error: TrainerError, fmt: str) -> int:
+    """One line, no traceback: the message says what to fix."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    sys.stderr.write(error_line(message, fmt))
+    return int(error.exit_code)
+
+
+def _unexpected(error: Exception, fmt: str) -> int:
+    """A full or read-only disk under a write that did not go through Storage (TensorFlow,
+    Keras, temporary files) is one line when the file is named; the rest is a bug."""
+    known = write_error(error) if isinstance(error, OSError) else None
+    if known is not None:
+        return _report(known, fmt)
+    logger.exception("the trainer crashed; this is a bug, please report it with this log")
+    return int(ExitCode.CRASH)
+
+
 def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> int:
     """Run the command line; returns the process exit code. `hooks`: for tests only."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -121,13 +139,9 @@ def main(argv: Sequence[str] | None = None, *, hooks: Hooks | None = None) -> in
             fmt = _log_format(namespace)
         return _pack(namespace) if namespace.command == "pack" else _train(namespace, hooks)
     except TrainerError as e:
-        # One line, no traceback: the message says what to fix.
-        message = " ".join(str(e).split()) or type(e).__name__
-        sys.stderr.write(error_line(message, fmt))
-        return int(e.exit_code)
+        return _report(e, fmt)
     except KeyboardInterrupt:
         sys.stderr.write(error_line("interrupted", fmt))
         return EXIT_INTERRUPTED
-    except Exception:
-        logger.exception("the trainer crashed; this is a bug, please report it with this log")
-        return int(ExitCode.CRASH)
+    except Exception as e:
+        return _unexpected(e, fmt)

@@ -14,6 +14,9 @@ they are part of the public contract: change them only together with `k8s/` and 
 from __future__ import annotations
 
 import enum
+import errno
+import re
+import shutil
 
 
 class ExitCode(enum.IntEnum):
@@ -54,6 +57,10 @@ class StoragePermissionError(DataError):
     """The credentials in use may not read or write the object."""
 
 
+class WriteError(DataError):
+    """The file system refused a write: read-only, full, over quota or not permitted."""
+
+
 class StorageUnavailableError(TrainerError):
     """The object store kept failing with transient errors past the retry deadline."""
 
@@ -78,3 +85,31 @@ class TerminatedError(TrainerError):
     """SIGTERM was received; a checkpoint was written and the job can be restarted."""
 
     exit_code = ExitCode.TERMINATED
+
+
+# errno -> (what happened, what to do), for the file-system errors a retry does not fix.
+_ENVIRONMENT_ERRNOS = {
+    errno.EROFS: ("read-only file system", "write to a writable local directory or gs://"),
+    errno.ENOSPC: ("no space left on the device", "free space or write to a larger disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space, raise the quota or write elsewhere"),
+    errno.EACCES: ("permission denied", "check the owner and mode of the folder"),
+    errno.EPERM: ("operation not permitted", "check the owner and mode of the folder"),
+}
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
+
+
+def write_error(exc: OSError, path: str | None = None) -> WriteError | None:
+    """`exc` as a one-line WriteError naming the file, when it is a read-only, full or
+    over-quota disk or a refused permission and a path is known; otherwise None (a bug)."""
+    code, where = exc.errno, exc.filename or path
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        # copytree gathers its failures as (source, destination, "[Errno N] ...") triples.
+        for entry in exc.args[0]:
+            found = _ERRNO_TEXT.search(str(entry[-1])) if isinstance(entry, tuple) else None
+            if found and int(found.group(1)) in _ENVIRONMENT_ERRNOS:
+                code, where = int(found.group(1)), path or entry[1]
+                break
+    if code not in _ENVIRONMENT_ERRNOS or not where:
+        return None
+    what, advice = _ENVIRONMENT_ERRNOS[code]
+    return WriteError(f"{where}: {what} ({errno.errorcode[code]}); {advice}")

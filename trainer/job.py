@@ -15,10 +15,11 @@ import os
 from typing import Any
 
 from trainer.data.counters import Counters
-from trainer.data.storage import Storage
+from trainer.data.storage import Storage, is_gcs
 from trainer.distribute.cluster import Cluster, cluster_from_env
 from trainer.distribute.peers import wait_for_peers
 from trainer.distribute.strategy import StrategySetup
+from trainer.errors import StorageNotFoundError, StoragePermissionError
 from trainer.export.finished import complete_run
 from trainer.export.outputs import Outputs
 from trainer.export.report import finish
@@ -52,6 +53,7 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
             # One trainer per --output; other workers write nothing there.
             lease = OutputLease(outputs.root, storage=storage, job_name=config.job_name)
             lease.acquire()
+            probe_gcs_dirs(config, storage)
         done = complete_run(config, outputs, storage, fingerprint=data.index.fingerprint())
         if done is not None:
             logger.info("%s", done)
@@ -93,6 +95,20 @@ def run(config: Any, *, hooks: Hooks | None = None) -> int:
             lease.release()
         with contextlib.suppress(Exception):
             storage.close()
+
+
+def probe_gcs_dirs(config: Any, storage: Storage) -> None:
+    """gs:// --checkpoint-dir and --tensorboard-dir are written to first after an epoch: a
+    missing bucket or a refused write fails now (local ones were probed with the config)."""
+    for flag, uri in (
+        ("--checkpoint-dir (TRAINER_CHECKPOINT_DIR)", config.checkpoint_dir),
+        ("--tensorboard-dir (TRAINER_TENSORBOARD_DIR)", config.tensorboard_dir),
+    ):
+        if is_gcs(uri) and not uri.startswith(config.output.rstrip("/") + "/"):
+            try:
+                storage.check_writable(uri)
+            except (StorageNotFoundError, StoragePermissionError) as e:
+                raise type(e)(f"{flag}: {e}") from None
 
 
 def find_cluster(config: Any) -> Cluster:

@@ -107,12 +107,26 @@ def _load_config_file(
             f"{label}: the config file must end in {', '.join(CONFIG_SUFFIXES)}, got {path}"
         )
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{label}: {path} is over {MAX_CONFIG_BYTES >> 10} KiB; a config file holds "
+                "a few option names and values"
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(f"{label}: cannot read {path}: {reason}") from None
     try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if suffix == ".json" else yaml.load(text, Loader=_BoundedLoader)
+        _check_size(data)
+    except (RecursionError, _TooBig) as e:
+        reason = str(e) if isinstance(e, _TooBig) else f"nested over {MAX_CONFIG_DEPTH} levels deep"
+        raise ConfigError(
+            f"{label}: {path} is {reason}; a config file is a flat mapping of option names "
+            "to values"
+        ) from None
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{label}: {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
@@ -136,6 +150,50 @@ def _load_config_file(
                 f"(keys are the flag names with underscores, e.g. batch_size)"
             )
     return data, path
+
+
+# Bounds that keep a hostile config file from taking more than a moment: its size, its depth
+# and its size once YAML aliases are expanded (a "billion laughs" file is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_VALUES = 100_000
+
+
+class _TooBig(Exception):
+    """A config file past one of the bounds above."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that stops composing past MAX_CONFIG_DEPTH levels, before Python recursion."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _TooBig(f"nested over {MAX_CONFIG_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_size(data: Any) -> None:
+    """Counts values as if aliases were copies, stopping at MAX_CONFIG_VALUES."""
+    seen, todo = 0, [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise _TooBig(f"over {MAX_CONFIG_VALUES} values once its aliases are expanded")
+        if depth > MAX_CONFIG_DEPTH:
+            raise _TooBig(f"nested over {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in (*value.keys(), *value.values()))
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
 
 
 def _check_local_paths(cfg: TrainConfig, labels: Mapping[str, str]) -> None:

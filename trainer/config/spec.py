@@ -48,11 +48,15 @@ EXIT_CODE_MEANINGS: Mapping[ExitCode, str] = types.MappingProxyType(
     {
         ExitCode.OK: "training finished (and passed the quality gate, if any)",
         ExitCode.CRASH: "unexpected error (a bug): the traceback is logged",
-        ExitCode.BAD_INPUT: "bad configuration or input data: fix it, retrying will not help",
+        ExitCode.BAD_INPUT: (
+            "bad configuration or input data, or a read-only, full or over-quota disk (the "
+            "line names the path): fix it, retrying will not help"
+        ),
         ExitCode.QUALITY_GATE: "trained, but validation accuracy is below --min-val-accuracy",
         ExitCode.NO_GPU: "fewer GPUs visible than --expect-gpus",
         ExitCode.STORAGE_UNAVAILABLE: (
-            "the object store kept failing past --storage-deadline-s: retry later"
+            "the object store kept failing past --storage-deadline-s, or the --weights "
+            "imagenet download failed: retry later (or pass a weights file)"
         ),
         ExitCode.PEER_LOST: (
             "another worker of a multi-worker job was lost, or not reachable within "

@@ -20,6 +20,7 @@ from trainer.errors import (
     DataError,
     StorageNotFoundError,
     StoragePermissionError,
+    write_error,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ def local_call(path: str, action: str, fn: Callable[[], T]) -> T:
         raise DataError(f"{path}: is a directory, expected a file (trying to {action})") from exc
     except NotADirectoryError as exc:
         raise DataError(f"{path}: a parent is a file, not a directory ({action})") from exc
+    except OSError as exc:  # a read-only or full disk; other OS errors stay bugs
+        error = write_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 @functools.cache

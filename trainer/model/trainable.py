@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import urllib.error
 from typing import Any
 
 from trainer.data.index import DatasetIndex
 from trainer.data.storage import Storage
 from trainer.distribute.strategy import StrategySetup
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,16 @@ def build_trainable(
                 weights=source.for_builder,
                 pretrained=source.pretrained,
             )
-        except (ValueError, OSError) as e:
+        except Exception as e:
+            if config.weights == "imagenet" and _download_failed(e):
+                raise StorageUnavailableError(
+                    f"--weights (TRAINER_WEIGHTS) imagenet: downloading the {config.model} "
+                    f"ImageNet weights failed ({' '.join(str(e).split())[:240]}); without "
+                    "internet access, fetch that file elsewhere and pass it with --weights PATH "
+                    "(a local or gs:// .h5 or .weights.h5 file)"
+                ) from None
+            if not isinstance(e, (ValueError, OSError)):
+                raise
             raise ConfigError(
                 f"--weights {config.weights}: cannot load into the {config.model} backbone "
                 f"({' '.join(str(e).split())[:200]}); pass weights saved from the same --model"
@@ -128,3 +138,15 @@ def build_trainable(
         warmup,
     )
     return Trainable(model, optimizer, policy, rate, stop_votes, config.freeze_epochs)
+
+
+def _download_failed(error: BaseException) -> bool:
+    """Whether `error` is Keras's failed download (it re-raises the URLError as Exception)."""
+    seen: BaseException | None = error
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

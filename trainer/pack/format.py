@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
 from trainer.data.gcs import join
 from trainer.data.storage import Storage
-from trainer.errors import DataError, StorageNotFoundError
+from trainer.errors import ConfigError, DataError, StorageNotFoundError
+from trainer.pack.validate import check_packed, int_column
 
 FORMAT = "streamtrain-packed/1"
 INDEX_NAME = "index.json"
 SUCCESS_NAME = "_SUCCESS"
+# Written first by trainer pack; found anywhere, so a pretty-printed or re-sorted index counts.
+_FORMAT_KEY = re.compile(rb'"format"\s*:\s*"streamtrain-packed/')
 
 
 def shard_name(part: int, number: int) -> str:
@@ -90,6 +94,7 @@ class PackedIndex:
 
     @classmethod
     def from_json(cls, root: str, text: str) -> PackedIndex:
+        """The index in `text`, checked field by field (trainer.pack.validate)."""
         name = join(root, INDEX_NAME)
         try:
             doc = json.loads(text)
@@ -100,24 +105,58 @@ class PackedIndex:
                 root=root,
                 class_names=tuple(doc["class_names"]),
                 shards=tuple(x["name"] for x in doc["shards"]),
-                shard_bytes=tuple(int(x["bytes"]) for x in doc["shards"]),
-                sample_shard=np.asarray(s["shard"], np.int32),
-                offset=np.asarray(s["offset"], np.int64),
-                size=np.asarray(s["size"], np.int64),
-                labels=np.asarray(s["label"], np.int32),
-                crc32c=np.asarray(s["crc32c"], np.uint32),
+                shard_bytes=tuple(
+                    int_column(
+                        [x["bytes"] for x in doc["shards"]], "shards[].bytes", np.int64, name
+                    )
+                ),
+                sample_shard=int_column(s["shard"], "samples.shard", np.int32, name),
+                offset=int_column(s["offset"], "samples.offset", np.int64, name),
+                size=int_column(s["size"], "samples.size", np.int64, name),
+                labels=int_column(s["label"], "samples.label", np.int32, name),
+                crc32c=int_column(s["crc32c"], "samples.crc32c", np.uint32, name),
                 keys=tuple(s["key"]),
                 exts=tuple(s["ext"]),
                 sources=tuple(s.get("source", ())),
                 settings=dict(doc.get("settings") or {}),
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise DataError(f"{name}: unreadable packed index ({e}); re-run trainer pack") from None
         n = len(index.labels)
         columns = (index.sample_shard, index.offset, index.size, index.crc32c, index.keys)
         if any(len(c) != n for c in columns) or len(index.exts) != n:
             raise DataError(f"{name}: columns of unequal length; re-run trainer pack")
+        check_packed(index, name)
         return index
+
+    def select_classes(self, names: tuple[str, ...]) -> PackedIndex:
+        """Only the samples of classes `names`, labelled in that order (--classes, as for class
+        folders); a name the dataset lacks is a ConfigError."""
+        unknown = [n for n in names if n not in self.class_names]
+        if unknown:
+            raise ConfigError(
+                f"--classes (TRAINER_CLASSES): {', '.join(unknown)} not among the packed "
+                f"dataset's classes {', '.join(self.class_names)}; pass some of those"
+            )
+        if names == self.class_names:
+            return self
+        new_label = np.full(len(self.class_names), -1, np.int32)
+        for i, n in enumerate(names):
+            new_label[self.class_names.index(n)] = i
+        labels = new_label[self.labels]
+        keep = np.flatnonzero(labels >= 0)
+        return dataclasses.replace(
+            self,
+            class_names=tuple(names),
+            sample_shard=self.sample_shard[keep],
+            offset=self.offset[keep],
+            size=self.size[keep],
+            labels=labels[keep],
+            crc32c=self.crc32c[keep],
+            keys=tuple(self.keys[i] for i in keep),
+            exts=tuple(self.exts[i] for i in keep),
+            sources=tuple(self.sources[i] for i in keep) if self.sources else (),
+        )
 
 
 def open_packed(uri: str, storage: Storage) -> PackedIndex | None:
@@ -133,6 +172,10 @@ def open_packed(uri: str, storage: Storage) -> PackedIndex | None:
         text = storage.read(join(root, INDEX_NAME))
     except StorageNotFoundError:
         return None
-    if f'"format":"{FORMAT}"' not in text[:64].decode(errors="replace"):
+    if not _FORMAT_KEY.search(text):
         return None  # some other index.json beside class folders: not a packed dataset
-    return PackedIndex.from_json(root, text.decode())
+    try:
+        decoded = text.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{join(root, INDEX_NAME)}: not UTF-8 ({e}); re-run trainer pack") from None
+    return PackedIndex.from_json(root, decoded)

@@ -66,7 +66,11 @@ class PackedSplit(DatasetIndex):
         shard_uri = packed.shard_uri(int(packed.sample_shard[p]))
         where, size, crc = int(packed.offset[p]), int(packed.size[p]), int(packed.crc32c[p])
         with self.shard_cache.opened(shard_uri, upto=where + size) as path:
-            return read_checked(path, where, size, crc, name=shard_uri)
+            try:
+                return read_checked(path, where, size, crc, name=shard_uri)
+            except FileNotFoundError:
+                # A local shard gone: quarantined like a gs:// one (--on-corrupt decides).
+                raise StorageNotFoundError(f"{shard_uri}: no such file or directory") from None
 
 
 class PackedSequence(ImageSequence):

@@ -75,15 +75,24 @@ def load_data(config: Any, storage: Storage) -> Data:
     """
     packed = open_packed(config.data, storage)
     if packed is not None:
-        return _packed_data(config, packed, storage)
-    index = load_or_discover(
-        config.data,
-        storage=storage,
-        index_uri=config.index,
-        class_names=list(class_names(config.classes, "--classes")) if config.classes else None,
-    )
-    train, val = index.split(val_split=config.val_split, seed=config.seed)
-    return Data(index=index, train=train, val=val)
+        data = _packed_data(config, packed, storage)
+    else:
+        index = load_or_discover(
+            config.data,
+            storage=storage,
+            index_uri=config.index,
+            class_names=list(class_names(config.classes, "--classes")) if config.classes else None,
+        )
+        train, val = index.split(val_split=config.val_split, seed=config.seed)
+        data = Data(index=index, train=train, val=val)
+    if config.min_val_accuracy is not None and not len(data.val):
+        # Judged on nothing, the gate would fail after the whole run with accuracy nan.
+        raise ConfigError(
+            f"--min-val-accuracy (TRAINER_MIN_VAL_ACCURACY) needs a validation set, but "
+            f"--val-split (TRAINER_VAL_SPLIT) {config.val_split} of {len(data.index)} objects "
+            "leaves none; raise --val-split or drop the quality gate"
+        )
+    return data
 
 
 def _packed_data(config: Any, packed: PackedIndex, storage: Storage) -> Data:
@@ -91,6 +100,13 @@ def _packed_data(config: Any, packed: PackedIndex, storage: Storage) -> Data:
     from trainer.pack.shards import ShardCache
     from trainer.pack.sizing import size_advice
 
+    if config.index:
+        raise ConfigError(
+            f"--index (TRAINER_INDEX) {config.index}: --data {config.data} is packed, and its "
+            "index.json already lists every sample; drop --index"
+        )
+    if config.classes:
+        packed = packed.select_classes(class_names(config.classes, "--classes"))
     logger.info(
         "--data %s is packed: %d samples in %d shards (%s)",
         config.data,
