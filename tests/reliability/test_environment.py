@@ -283,8 +283,12 @@ def test_read_only_disk_mid_run_names_the_path(row, packed, tmp_path):
                 "train",
                 "--data",
                 str(packed),
+                # The disk holds the checkpoints: the held lease file in --output would keep a
+                # remount from turning it read-only ("mount point is busy").
                 "--output",
-                str(disk / "run"),
+                str(tmp_path / "run"),
+                "--checkpoint-dir",
+                str(disk / "ck"),
                 *TRAIN,
             ],
             check=False,
@@ -295,11 +299,11 @@ def test_read_only_disk_mid_run_names_the_path(row, packed, tmp_path):
             timeout=120,
         )
     line = _one_error_line(done.stderr.splitlines())
-    assert done.returncode == 2 and str(disk / "run") in line and "EROFS" in line, line
+    assert done.returncode == 2 and str(disk / "ck") in line and "EROFS" in line, line
     row(
         area=ENVIRONMENT,
         case="disk turns read-only mid-run",
-        injected="the --output tmpfs remounted read-only after epoch 1",
+        injected="the --checkpoint-dir tmpfs remounted read-only after epoch 1",
         observed=f"exit 2: {_short(line, tmp_path)}",
     )
 

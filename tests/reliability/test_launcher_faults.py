@@ -273,6 +273,11 @@ BAD_INPUTS = [
     BadInput("--trainer-env", ("--trainer-env=PATH=/x",), ("--trainer-env", "PATH")),
     BadInput("--trainer-env", ("--trainer-env=TRAINER_DATA=gs://x/y",), ("TRAINER_DATA",)),
     BadInput("--timeout", ("--wait", "--timeout=soon"), ("--timeout", "soon"), usage=True),
+    BadInput(
+        "--metrics",
+        ("--metrics", "--trainer-env=TRAINER_METRICS_PORT=9090"),
+        ("--trainer-env", "TRAINER_METRICS_PORT is set by --metrics"),
+    ),
     BadInput("LAUNCH_GPUS", (), ("--gpus", "many"), env={"LAUNCH_GPUS": "many"}, usage=True),
 ]
 
